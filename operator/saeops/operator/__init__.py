@@ -1,0 +1,1 @@
+"""saeops control plane: kopf operator, reconcilers, renderers. Imports no torch."""

@@ -1,0 +1,1 @@
+"""saeops data plane: spec models, dictionaries, activations, training, storage."""
