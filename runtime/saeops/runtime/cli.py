@@ -1,0 +1,139 @@
+"""`saeops` command line. Bad input prints one line and exits 2.
+
+Subcommands import their machinery lazily so `saeops validate` and `saeops render` stay fast
+and the operator never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from saeops.runtime.spec import SpecError, load_resource
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _load(args: argparse.Namespace):  # -> AnyResource
+    res = load_resource(args.file, getattr(args, "set", None) or [])
+    if getattr(args, "output", None):
+        if not hasattr(res.spec, "output"):
+            raise SpecError(f"{args.file}: --output does not apply to {res.kind}")
+        res.spec.output.storage_uri = args.output
+    return res
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    res = _load(args)
+    print(f"{args.file}: valid {res.kind} {res.metadata.name}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from saeops.runtime.launch import run_resource
+
+    res = _load(args)
+    return run_resource(res, progress=not args.no_progress, metrics_port=args.metrics_port)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from saeops.operator.render import render_manifest
+
+    res = _load(args)
+    print(yaml.safe_dump_all(render_manifest(res), sort_keys=False), end="")
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from saeops.operator.crds import write_crds
+
+    for path in write_crds(Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from saeops.operator.main import run_operator
+
+    return run_operator(args.operator_args)
+
+
+def cmd_cache_inspect(args: argparse.Namespace) -> int:
+    from saeops.runtime.cache import format_inspection, inspect_cache
+
+    print(format_inspection(inspect_cache(args.uri)))
+    return 0
+
+
+def cmd_data_python_docs(args: argparse.Namespace) -> int:
+    from saeops.runtime.data import extract_python_docs
+
+    print(extract_python_docs(Path(args.out)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="saeops", description="Train sparse dictionaries on LM activations.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def manifest_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("file", help="manifest (YAML, JSON or TOML)")
+        s.add_argument("--set", action="append", metavar="PATH=VALUE",
+                       help="override a field by its manifest path, e.g. spec.sae.topK=16")
+        return s
+
+    s = manifest_cmd("run", "run a resource (training run, cache, sweep) on this machine")
+    s.add_argument("--output", metavar="URI", help="override spec.output.storageUri")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (0: any free port)")
+    s.set_defaults(func=cmd_run)
+    manifest_cmd("validate", "check a manifest").set_defaults(func=cmd_validate)
+    manifest_cmd("render", "print the Kubernetes objects the operator would create").set_defaults(func=cmd_render)
+
+    s = sub.add_parser("crds", help="generate the CRD YAML files")
+    s.add_argument("--out", default="crds", help="output directory")
+    s.set_defaults(func=cmd_crds)
+
+    s = sub.add_parser("operator", help="run the kopf operator")
+    s.add_argument("operator_args", nargs=argparse.REMAINDER, help="--namespace NS | --all-namespaces ...")
+    s.set_defaults(func=cmd_operator)
+
+    cache = sub.add_parser("cache", help="activation caches").add_subparsers(dest="cache_cmd", required=True)
+    s = cache.add_parser("inspect", help="summarise a cache")
+    s.add_argument("uri")
+    s.set_defaults(func=cmd_cache_inspect)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
+    s = data.add_parser("python-docs", help="extract English text from the Python docs strings")
+    s.add_argument("out", help="output .jsonl path")
+    s.set_defaults(func=cmd_data_python_docs)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Run an SAETrainingRun on this machine: the code path shared by `saeops run` and the pods.
+
+Order matters for "bad input loses nothing": everything that can be checked is checked
+(spec, output writable, dataset present, hook points exist, cache compatible) before any
+training work, and artifacts are written only at the end, `metrics.json` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from saeops.runtime.spec import SAETrainingRun, SpecError
+
+log = logging.getLogger("saeops.run")
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    final: dict[str, float]
+    artifacts: dict[str, str]
+    output_uri: str
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def open_output(run: SAETrainingRun) -> Any:
+    """Open and probe the output location before any work."""
+    from saeops.runtime.storage import StorageError, open_storage
+
+    out = run.spec.output
+    try:
+        storage = open_storage(out.storage_uri, endpoint_url=out.endpoint_url, region=out.region,
+                               path_style=out.force_path_style or None)
+        storage.check_writable()
+    except StorageError as e:
+        raise SpecError(f"spec.output.storageUri: {e}") from None
+    return storage
+
+
+def check_dataset(run: SAETrainingRun) -> None:
+    ds = run.spec.dataset
+    if ds is None or ds.path.startswith("builtin:"):
+        return
+    if not os.path.exists(ds.path):
+        raise SpecError(f"spec.dataset.path: {ds.path} does not exist")
+
+
+def check_hook_points(lm: Any, run: SAETrainingRun) -> None:
+    for hp in run.spec.sae.hook_points():
+        if not lm.has_hook_point(hp):
+            from saeops.runtime.lm import UnknownHookPointError
+
+            try:
+                lm.d_model(hp)
+            except UnknownHookPointError as e:
+                raise SpecError(f"spec.sae: {e}") from None
+            raise SpecError(f"spec.sae: hook point {hp!r} does not exist in model {run.spec.model.name}")
+
+
+def run_training(run: SAETrainingRun, *, progress: bool = True, metrics_port: int | None = None) -> RunResult:
+    """Train the run's dictionary and write its artifacts."""
+    from saeops.runtime.training_job import TrainingJob
+
+    job = TrainingJob(run, progress=progress, metrics_port=metrics_port)
+    return job.run()

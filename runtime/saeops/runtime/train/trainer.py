@@ -1,0 +1,189 @@
+"""The training loop: one optimiser step per batch, schedules, metrics, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from saeops.runtime.models import FeatureActs, LossContext, SparseDictionary
+from saeops.runtime.spec import DictionarySpec, TrainerSpec
+from saeops.runtime.train.metrics import FeatureTracker, MetricWindow
+from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor, sparsity_loss_type
+
+log = logging.getLogger("saeops.train")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TrainState:
+    """Everything that advances during training (what a checkpoint holds besides weights)."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fire_stats(acts: FeatureActs, d_sae: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token L0 and per-latent firing counts of one batch, from sparse or dense activations."""
+    if acts.indices is not None:
+        active = acts.values > 0
+        counts = torch.bincount(acts.indices[active].reshape(-1), minlength=d_sae)
+        return active.sum(-1), counts
+    active = acts.dense() > 0
+    return active.sum(-1), active.sum(0)
+
+
+def build_optimizer(model: SparseDictionary, trainer: TrainerSpec) -> torch.optim.Optimizer:
+    """Adam(W) with JumpReLU log thresholds in their own group (their own lr factor)."""
+    thresholds, rest = [], []
+    for name, p in model.named_parameters():
+        (thresholds if "threshold" in name else rest).append(p)
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": trainer.lr, "base_lr": trainer.lr}]
+    if thresholds:
+        lr = trainer.lr * trainer.jumprelu_lr_factor
+        groups.append({"params": thresholds, "lr": lr, "base_lr": lr})
+    cls = torch.optim.AdamW if trainer.optimizer == "adamw" else torch.optim.Adam
+    # foreach keeps the update to a handful of vectorised kernels (the per-tensor loop is slower).
+    return cls(groups, lr=trainer.lr, betas=trainer.betas, weight_decay=trainer.weight_decay, foreach=True)
+
+
+class Trainer:
+    """Trains one dictionary on a stream of batches `{hook_point: Tensor[B, d]}`."""
+
+    def __init__(
+        self,
+        model: SparseDictionary,
+        sae: DictionarySpec,
+        trainer: TrainerSpec,
+        *,
+        hook_in: str,
+        hook_out: str,
+        on_log: Callable[[dict[str, float]], None] | None = None,
+        on_step: Callable[[TrainState], None] | None = None,
+        progress: Any | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.sae = sae
+        self.cfg = trainer
+        self.hook_in, self.hook_out = hook_in, hook_out
+        self.on_log, self.on_step = on_log, on_step
+        self.progress = progress
+        self.device = torch.device(device)
+        self.optimizer = build_optimizer(model, trainer)
+        self.state = TrainState()
+        self.window = MetricWindow(model.d_sae, self.device)
+        self.tracker = FeatureTracker(model.d_sae, trainer.dead_feature_window, trainer.dense_feature_threshold,
+                                      self.device)
+        self.loss_type = sparsity_loss_type(sae, trainer)
+        self.final: dict[str, float] = {}
+
+    def _context(self, step: int) -> LossContext:
+        return LossContext(
+            k=k_at(step, self.sae, self.cfg),
+            l1_coefficient=l1_coefficient_at(step, self.cfg),
+            sparsity_loss_type=self.loss_type,
+            p=self.cfg.p,
+            tanh_stretch_coefficient=self.cfg.tanh_stretch_coefficient,
+            frequency_scale=self.cfg.frequency_scale,
+            lp_coefficient=self.cfg.lp_coefficient,
+            aux_k_coefficient=self.cfg.aux_k_coefficient,
+            k_aux=self.cfg.k_aux,
+            dead_mask=self.tracker.dead_mask() if self.cfg.aux_k_coefficient > 0 else None,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.amp_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.cfg.amp_dtype])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """One optimiser step on one batch."""
+        step = self.state.step
+        factor = lr_factor(step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        x_in = batch[self.hook_in].to(self.device, non_blocking=True)
+        x_out = x_in if self.hook_out == self.hook_in else batch[self.hook_out].to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.model.compute_loss(x_in, x_out, self._context(step))
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.model.after_step()
+
+        l0, counts = fire_stats(out.acts, self.model.d_sae)
+        self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **out.terms})
+        self.tracker.update(counts, x_in.shape[0])
+        self.state.step += 1
+        self.state.tokens += x_in.shape[0]
+
+    def log_metrics(self) -> dict[str, float]:
+        """Read back and reset the window (a host sync; only every log_frequency steps)."""
+        values = self.window.compute(self.model.d_out)
+        values.update(self.tracker.compute())
+        values.update(
+            step=float(self.state.step),
+            tokens=float(self.state.tokens),
+            seconds=self.state.seconds,
+            tokens_per_second=self.state.tokens / max(self.state.seconds, 1e-9),
+            learning_rate=self.optimizer.param_groups[0]["lr"],
+            k=float(k_at(max(self.state.step - 1, 0), self.sae, self.cfg)),
+        )
+        self.window.reset()
+        self.state.history.append(values)
+        if self.on_log is not None:
+            self.on_log(values)
+        return values
+
+    def fit(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Train until total_training_tokens; returns the final metrics (last logging window)."""
+        total_steps = self.cfg.total_steps
+        self.model.train()
+        t0 = time.perf_counter() - self.state.seconds
+        values: dict[str, float] = {}
+        for batch in batches:
+            if self.state.step >= total_steps:
+                break
+            self.train_step(batch)
+            self.state.seconds = time.perf_counter() - t0
+            if self.progress is not None:
+                self.progress.update(batch[self.hook_in].shape[0])
+            last = self.state.step >= total_steps
+            if self.state.step % self.cfg.log_frequency == 0 or last:
+                values = self.log_metrics()
+            if self.on_step is not None:
+                self.on_step(self.state)
+        if self.state.step < total_steps:
+            log.warning("activation stream ended after %d of %d steps", self.state.step, total_steps)
+            if self.window.steps:
+                values = self.log_metrics()
+        self.final = values
+        return values
+
+    # -- checkpoint state (weights are saved by the caller)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+            "seconds": self.state.seconds,
+            "history": self.state.history,
+            "tracker": self.tracker.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.state = TrainState(state["step"], state["tokens"], state["seconds"], list(state["history"]))
+        self.tracker.load_state_dict(state["tracker"])
