@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from saeops.runtime.spec import DictionarySpec, TrainerSpec
-from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor, sparsity_loss_type
+from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor
 
 
 def trainer(**kw) -> TrainerSpec:
@@ -57,10 +57,3 @@ def test_lr_warmup_and_cosine_decay() -> None:
 
 def test_lr_constant() -> None:
     assert {lr_factor(s, trainer()) for s in range(100)} == {1.0}
-
-
-def test_default_sparsity_loss() -> None:
-    assert sparsity_loss_type(sae(), trainer()) == "none"
-    relu = DictionarySpec(hook_point_in="h", act_fn="relu")
-    assert sparsity_loss_type(relu, trainer()) == "power"
-    assert sparsity_loss_type(relu, trainer(sparsity_loss_type="tanh")) == "tanh"

@@ -72,7 +72,8 @@ class DictionarySpec(SpecModel):
     norm_activation: Literal["token-wise", "batch-wise", "dataset-wise", "inference"] = "dataset-wise"
     """Activation normalisation to an average norm of sqrt(d_model)."""
     sparsity_include_decoder_norm: bool = True
-    """Scale pre-activations by decoder norms for gating and the sparsity penalty."""
+    """Gate on pre-activations scaled by decoder norms (then scale back), so the dictionary cannot
+    trade larger decoder norms for smaller activations."""
     use_triton_kernel: bool = False
     """Use the Triton sparse kernels on CUDA."""
     sparsity_threshold_for_triton_spmm_kernel: float = Field(0.996, ge=0, le=1)

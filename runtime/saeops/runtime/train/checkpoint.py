@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from saeops.runtime.storage import KeyNotFound, Storage
 
 log = logging.getLogger("saeops.checkpoint")

@@ -58,10 +58,3 @@ def l1_coefficient_at(step: int, trainer: TrainerSpec) -> float:
     if warm <= 0 or step >= warm:
         return trainer.l1_coefficient
     return trainer.l1_coefficient * (step + 1) / warm
-
-
-def sparsity_loss_type(sae: DictionarySpec, trainer: TrainerSpec) -> str:
-    """The effective penalty: explicit setting, else `power` for relu/jumprelu and none for TopK."""
-    if trainer.sparsity_loss_type is not None:
-        return trainer.sparsity_loss_type
-    return "none" if sae.is_topk_family else "power"

@@ -14,7 +14,7 @@ import torch
 from saeops.runtime.models import FeatureActs, LossContext, SparseDictionary
 from saeops.runtime.spec import DictionarySpec, TrainerSpec
 from saeops.runtime.train.metrics import FeatureTracker, MetricWindow
-from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor, sparsity_loss_type
+from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor
 
 log = logging.getLogger("saeops.train")
 
@@ -33,23 +33,19 @@ class TrainState:
 
 def fire_stats(acts: FeatureActs, d_sae: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token L0 and per-latent firing counts of one batch, from sparse or dense activations."""
-    if acts.indices is not None:
-        active = acts.values > 0
+    if acts.is_sparse:
+        active = acts.values != 0
         counts = torch.bincount(acts.indices[active].reshape(-1), minlength=d_sae)
         return active.sum(-1), counts
-    active = acts.dense() > 0
+    active = acts.dense().detach() != 0
     return active.sum(-1), active.sum(0)
 
 
 def build_optimizer(model: SparseDictionary, trainer: TrainerSpec) -> torch.optim.Optimizer:
     """Adam(W) with JumpReLU log thresholds in their own group (their own lr factor)."""
-    thresholds, rest = [], []
-    for name, p in model.named_parameters():
-        (thresholds if "threshold" in name else rest).append(p)
-    groups: list[dict[str, Any]] = [{"params": rest, "lr": trainer.lr, "base_lr": trainer.lr}]
-    if thresholds:
-        lr = trainer.lr * trainer.jumprelu_lr_factor
-        groups.append({"params": thresholds, "lr": lr, "base_lr": lr})
+    groups = model.parameter_groups(trainer.lr, trainer.jumprelu_lr_factor)
+    for g in groups:
+        g["base_lr"] = g["lr"]
     cls = torch.optim.AdamW if trainer.optimizer == "adamw" else torch.optim.Adam
     # foreach keeps the update to a handful of vectorised kernels (the per-tensor loop is slower).
     return cls(groups, lr=trainer.lr, betas=trainer.betas, weight_decay=trainer.weight_decay, foreach=True)
@@ -83,20 +79,13 @@ class Trainer:
         self.window = MetricWindow(model.d_sae, self.device)
         self.tracker = FeatureTracker(model.d_sae, trainer.dead_feature_window, trainer.dense_feature_threshold,
                                       self.device)
-        self.loss_type = sparsity_loss_type(sae, trainer)
         self.final: dict[str, float] = {}
 
     def _context(self, step: int) -> LossContext:
-        return LossContext(
+        return LossContext.from_trainer_spec(
+            self.cfg,
             k=k_at(step, self.sae, self.cfg),
             l1_coefficient=l1_coefficient_at(step, self.cfg),
-            sparsity_loss_type=self.loss_type,
-            p=self.cfg.p,
-            tanh_stretch_coefficient=self.cfg.tanh_stretch_coefficient,
-            frequency_scale=self.cfg.frequency_scale,
-            lp_coefficient=self.cfg.lp_coefficient,
-            aux_k_coefficient=self.cfg.aux_k_coefficient,
-            k_aux=self.cfg.k_aux,
             dead_mask=self.tracker.dead_mask() if self.cfg.aux_k_coefficient > 0 else None,
         )
 
@@ -120,10 +109,10 @@ class Trainer:
         if self.cfg.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         self.optimizer.step()
-        self.model.after_step()
 
         l0, counts = fire_stats(out.acts, self.model.d_sae)
-        self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **out.terms})
+        terms = {k: v for k, v in out.terms.items() if k != "l0"}
+        self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **terms})
         self.tracker.update(counts, x_in.shape[0])
         self.state.step += 1
         self.state.tokens += x_in.shape[0]

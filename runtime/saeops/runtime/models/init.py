@@ -1,0 +1,175 @@
+"""Initialisation of a dictionary from a sample of activations (`InitializerSpec`).
+
+Order (each step sees the previous ones):
+1. dataset-wise norm factors from the sample (when `norm_activation: dataset-wise`);
+2. decoder directions: Kaiming-uniform rows, or rows drawn inside the top principal subspace
+   of the (normalised) output sample; rows scaled to `init_decoder_norm`;
+3. encoder = decoder transpose (or its own Kaiming-uniform draw with the same column norms);
+4. decoder bias: zeros or the geometric median of the normalised output sample;
+5. JumpReLU log thresholds;
+6. optional grid search of the decoder norm (encoder tied) minimising the sample MSE;
+7. optional encoder bias = -mean pre-activation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from saeops.runtime.models.base import LossContext, SparseDictionary
+from saeops.runtime.models.normalize import compute_dataset_norm_factor
+from saeops.runtime.spec.training import InitializerSpec
+
+GRID_SEARCH_MAX_TOKENS = 8192
+"""Tokens of the sample used per grid-search evaluation (the MSE estimate is already stable)."""
+
+
+def geometric_median(points: Tensor, max_iter: int = 100, eps: float = 1e-6) -> Tensor:
+    """Geometric median of `points (N, d)` by Weiszfeld's iterations (float64 inside).
+
+    Minimises `sum_i ||x_i - y||`; starts from the mean and stops when the step is below
+    `eps * (1 + ||y||)`. Distances are floored at 1e-12 so a point coinciding with the
+    estimate does not divide by zero (the standard, slightly biased, fix).
+    """
+    x = points.reshape(-1, points.shape[-1]).to(torch.float64)
+    y = x.mean(0)
+    for _ in range(max_iter):
+        w = 1.0 / (x - y).norm(dim=-1).clamp_min(1e-12)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        step = (y_new - y).norm()
+        y = y_new
+        if step <= eps * (1 + y.norm()):
+            break
+    return y.to(points.dtype)
+
+
+def _kaiming_rows(n: int, d: int, generator: torch.Generator | None) -> Tensor:
+    # kaiming_uniform_(a=sqrt(5)) on a (n, d) weight: U(-1/sqrt(d), 1/sqrt(d)).
+    bound = 1.0 / math.sqrt(d)
+    return (torch.rand(n, d, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
+
+def _unit_rows(w: Tensor) -> Tensor:
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class Initializer:
+    """Initialise a dictionary's parameters from a sample of raw activations."""
+
+    def __init__(self, spec: InitializerSpec, seed: int | None = None):
+        self.spec = spec
+        self.seed = seed
+
+    def _generator(self) -> torch.Generator | None:
+        return None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    def default_decoder_norm(self, model: SparseDictionary) -> float:
+        """`init_decoder_norm`, else 0.1 * sqrt(d_out) / sqrt(d_sae)."""
+        if self.spec.init_decoder_norm is not None:
+            return self.spec.init_decoder_norm
+        return 0.1 * math.sqrt(model.d_out) / math.sqrt(model.d_sae)
+
+    @torch.no_grad()
+    def initialize(
+        self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor | None = None, *, k: int | None = None
+    ) -> SparseDictionary:
+        """Initialise `model` in place from raw samples `(N, d_in)` / `(N, d_out)`; returns it.
+
+        `k` is the k used for TopK models during the grid search (default: spec top_k; pass the
+        k schedule's initial k)."""
+        gen = self._generator()
+        sample_in = sample_in.reshape(-1, model.d_in)
+        sample_out = sample_in if sample_out is None else sample_out.reshape(-1, model.d_out)
+        dev, dt = model.W_dec.device, model.W_dec.dtype  # type: ignore[attr-defined]
+
+        if model.spec.norm_activation == "dataset-wise":
+            model.set_dataset_norm_factors(
+                compute_dataset_norm_factor(sample_in), compute_dataset_norm_factor(sample_out)
+            )
+        x_in = sample_in.to(dev, dt)
+        x_out = sample_out.to(dev, dt)
+        x_n = x_in * model.input_factor(x_in)
+        y_n = x_out * model.output_factor(x_out)
+
+        # Decoder directions.
+        if self.spec.initialize_W_D_with_active_subspace:
+            d_sub = self.spec.d_active_subspace or max(model.d_out // 2, 1)
+            d_sub = min(d_sub, model.d_out, y_n.shape[0])
+            centred = (y_n - y_n.mean(0)).to(torch.float64)
+            basis = torch.linalg.svd(centred, full_matrices=False).Vh[:d_sub]  # (d_sub, d_out)
+            coeffs = torch.randn(model.d_sae, d_sub, generator=gen, dtype=torch.float64)
+            rows = coeffs @ basis.cpu()
+        else:
+            rows = _kaiming_rows(model.d_sae, model.d_out, gen)
+        norm = self.default_decoder_norm(model)
+        model.W_dec.copy_((_unit_rows(rows) * norm).to(dev, dt))  # type: ignore[attr-defined]
+
+        # Encoder.
+        self._tie_encoder(model, gen)
+
+        # Decoder bias.
+        b_dec = getattr(model, "b_dec", None)
+        if b_dec is not None:
+            if self.spec.bias_init_method == "geometric_median":
+                b_dec.copy_(geometric_median(y_n))
+            else:
+                b_dec.zero_()
+        b_enc = model.b_enc  # type: ignore[attr-defined]
+        b_enc.zero_()
+
+        # JumpReLU thresholds (the spec's value is already a log).
+        jump = getattr(model, "jumprelu", None)
+        if jump is not None:
+            log_t = self.spec.init_log_jumprelu_threshold_value
+            jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
+
+        if self.spec.grid_search_init_norm:
+            best = self.grid_search_decoder_norm(model, x_in, x_out, k=k)
+            model.set_decoder_norm(best)
+            self._tie_encoder(model, None, rescale_only=not self.spec.init_encoder_with_decoder_transpose)
+
+        if self.spec.init_encoder_bias_with_mean_hidden_pre:
+            x_c = model.centre(x_n) if hasattr(model, "centre") else x_n
+            b_enc.copy_(-(x_c @ model.W_enc).mean(0))  # type: ignore[attr-defined]
+        return model
+
+    @torch.no_grad()
+    def _tie_encoder(self, model: SparseDictionary, gen: torch.Generator | None, rescale_only: bool = False) -> None:
+        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
+        if self.spec.init_encoder_with_decoder_transpose:
+            W_enc.copy_(W_dec.T)
+            return
+        if not rescale_only:
+            W_enc.copy_(_kaiming_rows(model.d_sae, model.d_in, gen).T.to(W_enc.device, W_enc.dtype))
+        # Same per-latent norm as the decoder, so the grid-searched scale applies to both.
+        W_enc.mul_(W_dec.norm(dim=-1) / W_enc.norm(dim=0).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def grid_search_decoder_norm(
+        self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor, *, k: int | None = None
+    ) -> float:
+        """Decoder row norm (encoder tied) minimising the MSE on the sample: a coarse log grid
+        over [1e-3, 10], then a fine linear grid over [best/2, best*2]. Leaves the model at the
+        best norm."""
+        x_in = sample_in[:GRID_SEARCH_MAX_TOKENS]
+        x_out = sample_out[:GRID_SEARCH_MAX_TOKENS]
+        ctx = LossContext(k=k, sparsity_loss_type="none")
+
+        def mse_at(norm: float) -> float:
+            model.set_decoder_norm(norm)
+            self._tie_encoder(model, None, rescale_only=True)
+            return float(model.compute_loss(x_in, x_out, ctx).terms["mse"])
+
+        coarse = torch.logspace(-3, 1, 25, dtype=torch.float64).tolist()
+        losses = {n: mse_at(n) for n in coarse}
+        best = min(losses, key=lambda n: losses[n])
+        fine = torch.linspace(best / 2, best * 2, 21, dtype=torch.float64).tolist()
+        losses.update({n: mse_at(n) for n in fine})
+        best = min(losses, key=lambda n: losses[n])
+        mse_at(best)
+        return float(best)
+
+
+__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median"]

@@ -1,0 +1,22 @@
+"""Shared helpers for the dictionary tests: tiny specs and seeded data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from saeops.runtime.spec.training import DictionarySpec
+
+
+def make_spec(**overrides: Any) -> DictionarySpec:
+    """A small SAE spec; keyword overrides use the python (snake_case) names."""
+    base: dict[str, Any] = {"hook_point_in": "blocks.0.hook_resid_post", "expansion_factor": 4, "top_k": 4}
+    base.update(overrides)
+    return DictionarySpec(**base)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
