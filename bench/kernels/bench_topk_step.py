@@ -1,0 +1,155 @@
+"""TopK SAE training-step time: sparse kernels vs the dense path vs the encoder GEMM alone.
+
+    python bench/kernels/bench_topk_step.py                 # d_model 768, 16x, k 32, batch 4096
+    python bench/kernels/bench_topk_step.py --d-model 384   # quicker
+
+A step is forward + backward + optimizer step of `x_hat = decode(topk(encode(x - b_dec)))`
+with an MSE loss, selection on pre-activations scaled by decoder norms (as saeops' SAE
+does). "GEMM" is `x @ W_enc` alone: no training step can be cheaper than its own forward
+matmul, so step / GEMM says how close to the floor a path gets. Medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+import saeops.kernels as K
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class SAE:
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+
+    @classmethod
+    def create(cls, d_model: int, d_sae: int, dtype: torch.dtype, device: str) -> SAE:
+        W_dec = torch.randn(d_sae, d_model, device=device) / d_model**0.5
+        return cls(
+            nn.Parameter(W_dec.t().contiguous().to(dtype)),
+            nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype)),
+            nn.Parameter(W_dec.to(dtype)),
+            nn.Parameter(torch.zeros(d_model, device=device, dtype=dtype)),
+        )
+
+    def params(self) -> list[nn.Parameter]:
+        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+
+
+def sparse_loss(sae: SAE, x: Tensor, k: int, backend: str = "torch") -> Tensor:
+    norms = sae.W_dec.detach().norm(dim=-1)
+    values, indices = K.topk_encode(x, sae.W_enc, sae.b_enc, k, norms, input_bias=sae.b_dec, backend=backend)  # type: ignore[arg-type]
+    x_hat = K.sparse_decode(indices, values, sae.W_dec, sae.b_dec, backend=backend)  # type: ignore[arg-type]
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def dense_loss(sae: SAE, x: Tensor, k: int) -> Tensor:
+    """The usual dense implementation: dense top-k mask, dense decoder matmul, autograd."""
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    scores = pre.detach() * sae.W_dec.detach().norm(dim=-1)
+    mask = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, scores.topk(k, dim=-1).indices, True)
+    x_hat = (pre.relu() * mask) @ sae.W_dec + sae.b_dec
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def make_optimizer(sae: SAE, kind: str) -> torch.optim.Optimizer:
+    # fused=True is one multithreaded pass over (param, grad, m, v); foreach runs ~10 passes
+    # over 2 x d_model x d_sae floats, which on 2 CPU cores costs half a GEMM.
+    opts = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[kind]
+    return torch.optim.Adam(sae.params(), lr=1e-4, **opts)
+
+
+def timed(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None]) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def step_fn(sae: SAE, opt: torch.optim.Optimizer, loss_fn: Callable[[], Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def report(rows: dict[str, list[float]], gemm: str, dense: str | None) -> None:
+    med = {name: statistics.median(ts) for name, ts in rows.items()}
+    print(f"{'path':<28}{'median ms':>11}{'min ms':>9}{'/ GEMM':>9}{'/ dense':>9}")
+    for name, ts in rows.items():
+        rel_dense = f"{med[name] / med[dense]:9.2f}" if dense and dense in med else f"{'':>9}"
+        print(f"{name:<28}{med[name] * 1e3:11.1f}{min(ts) * 1e3:9.1f}{med[name] / med[gemm]:9.2f}{rel_dense}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--adam", choices=["fused", "foreach", "loop"], default="fused")
+    ap.add_argument("--skip-dense", action="store_true", help="skip the (slow) dense path")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of the sparse step")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype, d_sae = DTYPES[args.dtype], args.d_model * args.expansion
+    x = torch.randn(args.batch, args.d_model, dtype=dtype)
+    sae = SAE.create(args.d_model, d_sae, dtype, "cpu")
+    print(
+        f"TopK SAE d_model={args.d_model} d_sae={d_sae} k={args.k} batch={args.batch} {args.dtype} "
+        f"threads={torch.get_num_threads()} adam={args.adam}; {args.iters} iters after {args.warmup} warm-up"
+    )
+
+    def noop() -> None:
+        pass
+
+    rows: dict[str, list[float]] = {}
+    rows["GEMM x @ W_enc (floor)"] = timed(lambda: x @ sae.W_enc, args.warmup, args.iters, noop)
+    opt = make_optimizer(sae, args.adam)
+    for p in sae.params():
+        p.grad = torch.zeros_like(p)
+    rows[f"Adam step ({args.adam})"] = timed(opt.step, args.warmup, args.iters, noop)
+    opt.zero_grad(set_to_none=True)
+    sparse_step = step_fn(sae, opt, lambda: sparse_loss(sae, x, args.k))
+    rows["sparse step (saeops torch)"] = timed(sparse_step, args.warmup, args.iters, noop)
+    if not args.skip_dense:
+        dense_step = step_fn(sae, opt, lambda: dense_loss(sae, x, args.k))
+        rows["dense step (autograd)"] = timed(dense_step, args.warmup, max(3, args.iters // 2), noop)
+    report(rows, "GEMM x @ W_enc (floor)", None if args.skip_dense else "dense step (autograd)")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                sparse_step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()

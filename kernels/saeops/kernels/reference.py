@@ -1,0 +1,60 @@
+"""Dense torch reference implementations: obviously correct, slow, autograd does the backward.
+
+They define the semantics the fast paths (`torch_ops`, `triton_ops`) are tested against.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from saeops.kernels import select
+
+
+def sparse_to_dense(indices: Tensor, values: Tensor, n: int) -> Tensor:
+    """Padded `(values, indices)` -> dense `[B, n]` (duplicates add up)."""
+    return values.new_zeros(values.shape[0], n).scatter_add(1, indices, values)
+
+
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
+    out = sparse_to_dense(indices, values.to(W_dec.dtype), W_dec.shape[0]) @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+def _pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, input_bias: Tensor | None) -> Tensor:
+    x_c = x if input_bias is None else x - input_bias
+    return x_c @ W_enc + b_enc
+
+
+def _scores(pre: Tensor, score_scale: Tensor | None) -> Tensor:
+    return pre.detach() if score_scale is None else pre.detach() * score_scale.detach()
+
+
+def topk_encode(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    score_scale: Tensor | None = None,
+    input_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    pre = _pre(x, W_enc, b_enc, input_bias)
+    indices = _scores(pre, score_scale).topk(min(k, pre.shape[-1]), dim=-1).indices
+    return pre.relu().gather(1, indices), indices
+
+
+def batchtopk_encode(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    score_scale: Tensor | None = None,
+    input_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    pre = _pre(x, W_enc, b_enc, input_bias)
+    indices, keep = select.batchtopk_indices(_scores(pre, score_scale), pre.detach(), k)
+    return pre.relu().gather(1, indices) * keep, indices
+
+
+def dense_to_sparse(acts: Tensor) -> tuple[Tensor, Tensor]:
+    indices, keep = select.dense_to_sparse_indices(acts.detach())
+    return acts.gather(1, indices) * keep, indices

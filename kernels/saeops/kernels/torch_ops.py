@@ -1,0 +1,116 @@
+"""Torch fast path for the three sparse primitives (CPU default, CUDA without Triton).
+
+Every primitive works on the padded sparse format `indices[B, k]` (int64), `weights[B, k]`:
+
+- `gather_sum(indices, weights, table)[b] = sum_j weights[b, j] * table[indices[b, j]]`
+- `gather_dot(indices, rows, table)[b, j] = <rows[b], table[indices[b, j]]>`
+- `scatter_sum(indices, weights, rows, n)[i] = sum_{(b, j): indices[b, j] = i} weights[b, j] * rows[b]`
+
+All three avoid the dense `[B, n]` matrix and any `[B, k, d]` intermediate on the hot path:
+`gather_sum` is an embedding bag, `gather_dot` is the embedding bag's fused per-sample-weight
+gradient, and `scatter_sum` sorts the entries by index so that it, too, is an embedding bag
+(one bag per output row) instead of an `index_add_` over a `[B*k, d]` product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Bytes allowed for a gathered [rows, k, d] block in the chunked fallback of gather_dot.
+CHUNK_BYTES = 8 << 20
+# Use aten's fused per-sample-weight gradient for gather_dot (private; tests switch it off).
+USE_FUSED_DOT = True
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision sums run in fp32, like the Triton kernels (CPU bag kernels may not).
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def gather_sum(indices: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+    """`[B, d]` weighted sum of gathered table rows, in the table's dtype."""
+    acc = _acc_dtype(table.dtype)
+    tbl = table if acc == table.dtype else table.to(acc)
+    out = F.embedding_bag(indices, tbl.contiguous(), per_sample_weights=weights.to(acc), mode="sum")
+    return out.to(table.dtype)
+
+
+def _offsets(indices: Tensor) -> tuple[Tensor, Tensor]:
+    B, k = indices.shape
+    offsets = torch.arange(0, B * k, k, device=indices.device)
+    bag_of = torch.arange(B, device=indices.device).repeat_interleave(k)
+    return offsets, bag_of
+
+
+def gather_dot(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
+    """`[B, k]` dot products of each row with its gathered table rows."""
+    B, k = indices.shape
+    acc = _acc_dtype(table.dtype)
+    if USE_FUSED_DOT and acc == table.dtype and rows.dtype == table.dtype and B * k > 0:
+        # The gradient kernel of embedding_bag w.r.t. per_sample_weights computes exactly these
+        # dot products in one fused pass (no [B, k, d] gather); private, hence the fallback.
+        op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+        if op is not None:
+            offsets, bag_of = _offsets(indices)
+            try:
+                out = op(rows.contiguous(), table.contiguous(), indices.reshape(-1), offsets, bag_of, 0, -1)
+                return out.view(B, k)
+            except RuntimeError:
+                pass
+    out = torch.empty(B, k, dtype=acc, device=rows.device)
+    step = max(1, CHUNK_BYTES // max(1, k * table.shape[1] * 4))
+    for s in range(0, B, step):
+        gathered = table.index_select(0, indices[s : s + step].reshape(-1)).to(acc)
+        gathered = gathered.view(-1, k, table.shape[1])
+        out[s : s + step] = torch.bmm(gathered, rows[s : s + step].to(acc).unsqueeze(-1)).squeeze(-1)
+    return out.to(table.dtype)
+
+
+class _SortCache:
+    """The sort of one indices tensor, reused by the encoder and decoder backward of a step.
+
+    Keyed on the storage address, shape, strides and version counter (views share it), and
+    holding a reference so the address cannot be recycled while cached.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: Tensor | None = None
+        self.key: tuple[object, ...] = ()
+        self.value: tuple[Tensor, Tensor] | None = None
+
+    def get(self, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        key = (
+            indices.data_ptr(),
+            indices.device,
+            tuple(indices.shape),
+            indices.stride(),
+            indices._version,
+            n,
+        )
+        if self.value is not None and self.key == key:
+            return self.value
+        flat = indices.reshape(-1)
+        order = torch.argsort(flat)
+        counts = torch.bincount(flat, minlength=n)
+        if counts.numel() != n:
+            raise IndexError(f"indices out of range for {n} rows")
+        offsets = torch.cumsum(counts, 0) - counts
+        self.tensor, self.key, self.value = indices, key, (order, offsets)
+        return order, offsets
+
+
+_SORTS = _SortCache()
+
+
+def scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """`[n, d]` (fp32 for half inputs) sum of weighted rows into their indices' slots."""
+    order, offsets = _SORTS.get(indices, n)
+    k = indices.shape[1]
+    acc = _acc_dtype(rows.dtype)
+    # Bag i holds the batch rows whose entries point at i (entries sorted by index).
+    bag_rows = torch.div(order, k, rounding_mode="floor")
+    w = weights.reshape(-1).to(acc)[order]
+    return F.embedding_bag(bag_rows, rows.to(acc).contiguous(), offsets, per_sample_weights=w, mode="sum")
