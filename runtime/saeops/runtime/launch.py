@@ -45,19 +45,21 @@ def bad_input_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def run_resource(res: AnyResource, *, progress: bool = True, metrics_port: int | None = None) -> int:
+def run_resource(res: AnyResource, *, progress: bool = True, metrics_port: int | None = None,
+                 in_worker: bool = False) -> int:
+    """Run a resource here. `in_worker`: already inside torchrun (never launch another)."""
     try:
-        return _run(res, progress=progress, metrics_port=metrics_port)
+        return _run(res, progress=progress, metrics_port=metrics_port, in_worker=in_worker)
     except bad_input_types() as e:
         if isinstance(e, SpecError):
             raise
         raise SpecError(str(e).splitlines()[0]) from None
 
 
-def _run(res: AnyResource, *, progress: bool, metrics_port: int | None) -> int:
+def _run(res: AnyResource, *, progress: bool, metrics_port: int | None, in_worker: bool) -> int:
     if isinstance(res, SAETrainingRun):
         procs = res.spec.parallelism.data * res.spec.parallelism.tensor
-        if procs > 1:
+        if procs > 1 and not in_worker:
             from saeops.runtime.distributed.launcher import launch_torchrun
 
             return launch_torchrun(res, procs)

@@ -86,6 +86,9 @@ class TrainingJob:
         hook_in = spec.sae.hook_point_in or spec.sae.hook_points_in[0]
         hook_out = spec.sae.out_hook or spec.sae.hook_points_out[0]
         model = build_dictionary(spec.sae, dims[hook_in], dims[hook_out]).to(device)
+        import saeops.kernels
+
+        saeops.kernels.configure(use_triton_kernel=spec.sae.use_triton_kernel)
         checkpointer = Checkpointer(storage.child("checkpoints"), keep=spec.trainer.keep_checkpoints)
         trainer = Trainer(model, spec.sae, spec.trainer, hook_in=hook_in, hook_out=hook_out, device=device)
 
@@ -93,7 +96,10 @@ class TrainingJob:
         if resumed is None:
             t0 = time.perf_counter()
             sample = src.sample(spec.initializer.init_tokens, seed=spec.trainer.seed + 1)
-            Initializer(spec.initializer).initialize(model, sample[hook_in].to(device), sample[hook_out].to(device))
+            Initializer(spec.initializer, seed=spec.trainer.seed).initialize(
+                model, sample[hook_in].to(device), sample[hook_out].to(device),
+                k=spec.trainer.initial_k or spec.sae.top_k,
+            )
             log.info("initialised %s (d_sae=%d) in %.1fs", spec.sae.type, model.d_sae, time.perf_counter() - t0)
         else:
             log.info("resumed from checkpoint at step %d", resumed)

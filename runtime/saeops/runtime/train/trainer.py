@@ -80,14 +80,27 @@ class Trainer:
         self.tracker = FeatureTracker(model.d_sae, trainer.dead_feature_window, trainer.dense_feature_threshold,
                                       self.device)
         self.final: dict[str, float] = {}
+        self._layer_values: dict[str, float] = {}
 
-    def _context(self, step: int) -> LossContext:
+    def _context(self, step: int, attention_mask: torch.Tensor | None = None) -> LossContext:
         return LossContext.from_trainer_spec(
             self.cfg,
             k=k_at(step, self.sae, self.cfg),
             l1_coefficient=l1_coefficient_at(step, self.cfg),
             dead_mask=self.tracker.dead_mask() if self.cfg.aux_k_coefficient > 0 else None,
+            attention_mask=attention_mask,
         )
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_in, x_out): `(B, d)` for an SAE/transcoder, `(B, T, d)` for Lorsa (sequence
+        batches), and for a CLT the per-layer hooks stacked to `(B, L, d)` in layer order."""
+        if self.sae.type == "clt":
+            x_in = torch.stack([batch[h] for h in self.sae.hook_points_in], dim=1)
+            x_out = torch.stack([batch[h] for h in self.sae.hook_points_out], dim=1)
+            return x_in.to(self.device, non_blocking=True), x_out.to(self.device, non_blocking=True)
+        x_in = batch[self.hook_in].to(self.device, non_blocking=True)
+        x_out = x_in if self.hook_out == self.hook_in else batch[self.hook_out].to(self.device, non_blocking=True)
+        return x_in, x_out
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.cfg.amp_dtype == "float32":
@@ -100,10 +113,11 @@ class Trainer:
         factor = lr_factor(step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        x_in = batch[self.hook_in].to(self.device, non_blocking=True)
-        x_out = x_in if self.hook_out == self.hook_in else batch[self.hook_out].to(self.device, non_blocking=True)
+        x_in, x_out = self._inputs(batch)
+        mask = batch.get("mask")
+        mask = None if mask is None else mask.to(self.device, non_blocking=True)
         with self._autocast():
-            out = self.model.compute_loss(x_in, x_out, self._context(step))
+            out = self.model.compute_loss(x_in, x_out, self._context(step, mask))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.cfg.clip_grad_norm > 0:
@@ -113,14 +127,22 @@ class Trainer:
         l0, counts = fire_stats(out.acts, self.model.d_sae)
         terms = {k: v for k, v in out.terms.items() if k != "l0"}
         self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **terms})
-        self.tracker.update(counts, x_in.shape[0])
+        # Tokens scored: rows of the (flattened, unpadded) target; B for (B, d) and (B, L, d).
+        n_tokens = out.target.shape[0]
+        self.tracker.update(counts, n_tokens)
+        per_layer = getattr(self.model, "per_layer_metrics", None)
+        if per_layer is not None and ((step + 1) % self.cfg.log_frequency == 0 or step + 1 >= self.cfg.total_steps):
+            # Per-layer metrics (CLT) of the last batch of each logging window.
+            self._layer_values = {f"layer{layer}_{k}": v for layer, m in per_layer(out).items() for k, v in m.items()}
         self.state.step += 1
-        self.state.tokens += x_in.shape[0]
+        self.state.tokens += n_tokens
 
     def log_metrics(self) -> dict[str, float]:
         """Read back and reset the window (a host sync; only every log_frequency steps)."""
-        values = self.window.compute(self.model.d_out)
+        # A CLT's window sums the error over its L output layers.
+        values = self.window.compute(self.model.d_out * getattr(self.model, "n_layers", 1))
         values.update(self.tracker.compute())
+        values.update(self._layer_values)
         values.update(
             step=float(self.state.step),
             tokens=float(self.state.tokens),
@@ -144,10 +166,11 @@ class Trainer:
         for batch in batches:
             if self.state.step >= total_steps:
                 break
+            tokens_before = self.state.tokens
             self.train_step(batch)
             self.state.seconds = time.perf_counter() - t0
             if self.progress is not None:
-                self.progress.update(batch[self.hook_in].shape[0])
+                self.progress.update(self.state.tokens - tokens_before)
             last = self.state.step >= total_steps
             if self.state.step % self.cfg.log_frequency == 0 or last:
                 values = self.log_metrics()

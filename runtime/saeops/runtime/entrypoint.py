@@ -1,0 +1,53 @@
+"""`saeops-runtime`: the in-pod entry point run under torchrun.
+
+Reads the resource manifest (the operator's ConfigMap `spec.json`) from `--spec PATH` or
+the `SAEOPS_SPEC` environment variable (a path, or the JSON itself) and runs it through the
+same code path as `saeops run`. Only rank 0 serves /metrics (`SAEOPS_METRICS_PORT`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from saeops.runtime.spec import AnyResource, SpecError, load_resource, parse_resource
+
+EXIT_BAD_INPUT = 2
+
+
+def read_spec(path: str | None) -> AnyResource:
+    source = path or os.environ.get("SAEOPS_SPEC")
+    if not source:
+        raise SpecError("no spec: pass --spec PATH or set SAEOPS_SPEC")
+    if source.lstrip().startswith("{"):
+        return parse_resource(json.loads(source), "SAEOPS_SPEC")
+    return load_resource(source)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="saeops-runtime", description=__doc__)
+    p.add_argument("--spec", help="manifest path (default: $SAEOPS_SPEC)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    port_env = os.environ.get("SAEOPS_METRICS_PORT")
+    metrics_port = int(port_env) if port_env and rank == 0 else None
+    try:
+        from saeops.runtime.launch import run_resource
+
+        res = read_spec(args.spec)
+        # Pods log to a collector, not a terminal: no progress bar there.
+        progress = not args.no_progress and sys.stderr.isatty()
+        return run_resource(res, progress=progress, metrics_port=metrics_port, in_worker=True)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
