@@ -46,7 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
-
     from saeops.operator.render import render_manifest
 
     res = _load(args)
@@ -57,13 +56,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     from saeops.operator.crds import write_crds
 
-    for path in write_crds(Path(args.out)):
-        print(path)
+    for out in (args.out, *args.also):
+        for path in write_crds(Path(out)):
+            print(path)
     return 0
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from saeops.operator.main import run_operator
+    from saeops.operator.cli import run_operator
 
     return run_operator(args.operator_args)
 
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("crds", help="generate the CRD YAML files")
     s.add_argument("--out", default="crds", help="output directory")
+    s.add_argument("--also", action="append", default=[], metavar="DIR",
+                   help="write copies here too (e.g. helm/saeops/crds)")
     s.set_defaults(func=cmd_crds)
 
     s = sub.add_parser("operator", help="run the kopf operator")

@@ -1,0 +1,71 @@
+"""What a reconcile sees (Observed) and what it asks for (Desired): plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to emit on the resource."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """A child to delete: apiVersion/kind/name (namespace is the owner's)."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a run/cache reconcile reads, as the API server returned it.
+
+    `configmap`, `service`, `job`: the children if they exist. `pods`: the job's pods.
+    `cache`: the ActivationCache named by `spec.activations.cacheRef` (None when absent or
+    not referenced). `metrics`: samples scraped from the rank-0 pod's /metrics, by metric
+    name (None when unreachable). `summary`: the `final` dict of the run's metrics.json.
+    """
+
+    resource: Obj
+    job: Obj | None = None
+    pods: tuple[Obj, ...] = ()
+    configmap: Obj | None = None
+    service: Obj | None = None
+    cache: Obj | None = None
+    metrics: dict[str, float] | None = None
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class Desired:
+    """The difference to apply: children to create or delete, a status, events, a requeue."""
+
+    create: list[Obj] = field(default_factory=list)
+    delete: list[ChildRef] = field(default_factory=list)
+    status: Obj | None = None  # None: unchanged (no patch)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_self: bool = False
+
+    @property
+    def changes_nothing(self) -> bool:
+        """True when applying this does not touch the cluster."""
+        return not (self.create or self.delete or self.status is not None or self.events or self.delete_self)
+
+
+@dataclass(frozen=True)
+class ObservedSweep:
+    """A sweep and its trials (SAETrainingRuns labelled `saeops.io/sweep=<name>`)."""
+
+    resource: Obj
+    trials: tuple[Obj, ...] = ()

@@ -1,0 +1,214 @@
+"""Pure reconcile of an SAESweep: trials are SAETrainingRuns made from trialTemplate.
+
+Status keeps counts, the best trial and a bounded Pareto front; trials are found by the
+label `saeops.io/sweep=<name>` and never listed in the status. Katib-style state machine:
+GoalReached and MaxFailedTrialsReached stop the sweep; MaxTrialsReached ends it once every
+trial finished; raising maxTrials (or maxFailedTrials) makes it Running again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from saeops.operator import names, pareto, search
+from saeops.operator.conditions import SWEEP_CONDITIONS, Conditions, rfc3339
+from saeops.operator.render import owner_reference
+from saeops.operator.state import Desired, Event, ObservedSweep
+from saeops.runtime.spec import SAESweep, SpecError, format_validation_error, set_path
+
+Obj = dict[str, Any]
+STATUS_KEYS = (
+    "observedGeneration", "phase", "conditions", "startTime", "completionTime", "trials",
+    "trialsRunning", "trialsSucceeded", "trialsFailed", "bestTrial", "pareto",
+)
+
+
+def _dict(value: Any) -> Obj:
+    return value if isinstance(value, dict) else {}
+
+
+def _trial_phase(trial: Obj) -> str:
+    return str(_dict(trial.get("status")).get("phase") or "Pending")
+
+
+def _metric(trial: Obj, key: str | None) -> float | None:
+    if not key:
+        return None
+    raw = _dict(_dict(trial.get("status")).get("metrics")).get(key)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def render_trial(sweep: Obj, model: SAESweep, index: int) -> Obj:
+    """Trial `index` as an SAETrainingRun manifest (deterministic name and values)."""
+    sweep_name = sweep["metadata"]["name"]
+    name = names.trial_name(sweep_name, index)
+    spec = copy.deepcopy(_dict(sweep.get("spec")).get("trialTemplate") or model.spec.trial_template.to_manifest())
+    params = search.assignment(model.spec, index)
+    for path, value in params.items():
+        set_path(spec, path, value)
+    # Trials must not overwrite each other's artifacts and checkpoints.
+    output = spec.setdefault("output", {})
+    output["storageUri"] = f"{str(output.get('storageUri', '')).rstrip('/')}/{name}"
+    meta: Obj = {
+        "name": name,
+        "labels": {
+            "app.kubernetes.io/name": "saeops",
+            "app.kubernetes.io/managed-by": names.MANAGED_BY,
+            names.LABEL_SWEEP: sweep_name,
+            names.LABEL_TRIAL_INDEX: str(index),
+        },
+        "annotations": {names.ANNOTATION_PARAMETERS: json.dumps(params, sort_keys=True)},
+        "ownerReferences": [owner_reference(sweep)],
+    }
+    if sweep["metadata"].get("namespace"):
+        meta["namespace"] = sweep["metadata"]["namespace"]
+    return {"apiVersion": names.API, "kind": "SAETrainingRun", "metadata": meta, "spec": spec}
+
+
+def planned_trials(model: SAESweep) -> int:
+    """Trials the sweep will run in total: maxTrials, capped by the grid's size."""
+    size = search.space_size(model.spec)
+    return model.spec.max_trials if size is None else min(size, model.spec.max_trials)
+
+
+def plan_trials(sweep: Obj, model: SAESweep) -> list[Obj]:
+    """The first trials a fresh sweep creates (for `saeops render`)."""
+    n = min(planned_trials(model), model.spec.parallel_trials)
+    return [render_trial(sweep, model, i) for i in range(n)]
+
+
+def _summary(trial: Obj, keys: tuple[str | None, ...]) -> Obj:
+    meta = _dict(trial.get("metadata"))
+    try:
+        params = json.loads(_dict(meta.get("annotations")).get(names.ANNOTATION_PARAMETERS) or "{}")
+    except ValueError:
+        params = {}
+    metrics = _dict(_dict(trial.get("status")).get("metrics"))
+    return {
+        "name": meta.get("name", ""),
+        "parameters": {str(k): str(v) for k, v in _dict(params).items()},
+        "metrics": {k: str(metrics[k]) for k in keys if k and k in metrics},
+    }
+
+
+def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
+    """Reconcile a sweep: create trials, count them, pick the best, update the Pareto front."""
+    res = observed.resource
+    meta = _dict(res.get("metadata"))
+    gen = meta.get("generation") if isinstance(meta.get("generation"), int) else None
+    prev_all = _dict(res.get("status"))
+    prev = {k: prev_all[k] for k in STATUS_KEYS if k in prev_all}
+    st: Obj = copy.deepcopy(prev)
+    if gen is not None:
+        st["observedGeneration"] = gen
+    conds = Conditions(st.get("conditions"), SWEEP_CONDITIONS, now, gen)
+    d = Desired()
+
+    def finish() -> Desired:
+        st["conditions"] = conds.as_list()
+        new = {k: v for k, v in st.items() if v is not None}
+        if new != prev:
+            d.status = new
+        return d
+
+    def set_terminal(kind: str, reason: str, message: str) -> None:
+        other = "Failed" if kind == "Succeeded" else "Succeeded"
+        if conds.set(kind, "True", reason, message):
+            d.events.append(Event("Normal" if kind == "Succeeded" else "Warning", reason, message))
+        conds.set(other, "False", reason, message)
+        conds.set("Running", "False", reason, message)
+        st["phase"] = kind
+        st.setdefault("completionTime", rfc3339(now))
+
+    if meta.get("deletionTimestamp"):
+        return Desired()
+    try:
+        model = SAESweep.model_validate(
+            {**{k: res.get(k) for k in ("apiVersion", "kind", "spec")},
+             "metadata": {k: meta[k] for k in ("name", "namespace") if k in meta}}
+        )
+        missing = search.grid_missing_steps(model.spec)
+        if missing:
+            raise SpecError(f"spec.parameters: {', '.join(missing)}: uniform/logUniform ranges need steps in grid search")
+    except ValidationError as e:
+        set_terminal("Failed", "InvalidSpec", format_validation_error(e, SAESweep))
+        st["phase"] = "Failed"
+        return finish()
+    except (SpecError, TypeError, ValueError) as e:
+        set_terminal("Failed", "InvalidSpec", str(e))
+        return finish()
+
+    spec = model.spec
+    sweep_name = meta["name"]
+    mine = [t for t in observed.trials if _dict(_dict(t.get("metadata")).get("labels")).get(names.LABEL_SWEEP) == sweep_name]
+    by_name = {_dict(t.get("metadata")).get("name"): t for t in mine}
+    phases = [_trial_phase(t) for t in mine]
+    succeeded = [t for t, p in zip(mine, phases, strict=True) if p == "Succeeded"]
+    n_failed = sum(p == "Failed" for p in phases)
+    n_running = len(mine) - len(succeeded) - n_failed
+    st.update(trials=len(mine), trialsRunning=n_running, trialsSucceeded=len(succeeded), trialsFailed=n_failed)
+
+    obj = spec.objective
+    sign = 1.0 if obj.goal == "maximize" else -1.0
+    scored = [(sign * v, t) for t in succeeded if (v := _metric(t, obj.metric)) is not None]
+    keys = (obj.metric, obj.pareto_metric)
+    best = max(scored, key=lambda x: (x[0], _dict(x[1].get("metadata")).get("name", "")), default=None)
+    st["bestTrial"] = _summary(best[1], keys) if best else None
+    if obj.pareto_metric:
+        pts = [
+            (sign * v, p, t) for t in succeeded
+            if (v := _metric(t, obj.metric)) is not None and (p := _metric(t, obj.pareto_metric)) is not None
+        ]
+        st["pareto"] = [_summary(t, keys) for _, _, t in pareto.bounded(pareto.front(pts))]
+
+    planned = planned_trials(model)
+    goal = obj.target is not None and best is not None and best[0] >= sign * obj.target
+    fail_limit = max(1, spec.max_failed_trials)
+    if goal:
+        set_terminal("Succeeded", "GoalReached", f"trial {st['bestTrial']['name']} reached {obj.metric} {obj.target}")
+        return finish()
+    if n_failed >= fail_limit:
+        set_terminal("Failed", "MaxFailedTrialsReached", f"{n_failed} trials failed; maxFailedTrials={spec.max_failed_trials}")
+        return finish()
+    missing = [i for i in range(planned) if names.trial_name(sweep_name, i) not in by_name]
+    if not missing and n_running == 0:
+        set_terminal("Succeeded", "MaxTrialsReached", f"{len(mine)} trials finished (planned {planned})")
+        return finish()
+
+    # Running (again, if maxTrials was raised on a finished sweep).
+    was_done = st.get("phase") in ("Succeeded", "Failed")
+    st.pop("completionTime", None)
+    st.setdefault("startTime", rfc3339(now))
+    conds.set("Succeeded", "False", "TrialsRunning", "")
+    conds.set("Failed", "False", "TrialsRunning", "")
+    if spec.suspend:
+        if conds.set("Suspended", "True", "Suspended", "no new trials while suspended"):
+            d.events.append(Event("Normal", "Suspended", "no new trials while suspended"))
+        conds.set("Running", "False" if n_running == 0 else "True", "Suspended", f"{n_running} trials running")
+        st["phase"] = "Suspended"
+        return finish()
+    if conds.is_true("Suspended"):
+        conds.set("Suspended", "False", "Resumed", "")
+        d.events.append(Event("Normal", "Resumed", "sweep resumed"))
+    elif (conds.get("Suspended") or {}).get("status") == "Unknown":
+        conds.set("Suspended", "False", "NotSuspended", "")
+    free = max(0, spec.parallel_trials - n_running)
+    for index in missing[:free]:
+        d.create.append(render_trial(res, model, index))
+    st["trials"] = len(mine) + len(d.create)
+    st["trialsRunning"] = n_running + len(d.create)
+    reason = "Resumed" if was_done else "TrialsRunning"
+    if conds.set("Running", "True", reason, f"{st['trialsRunning']} running, {len(mine) + len(d.create)}/{planned} created") and was_done:
+        d.events.append(Event("Normal", "Resumed", f"resumed: planning {planned} trials"))
+    st["phase"] = "Running"
+    return finish()
