@@ -20,3 +20,10 @@ def make_spec(**overrides: Any) -> DictionarySpec:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def to_float64(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy for gradcheck (specs only allow training dtypes; `dtype` is the cast target)."""
+    model = model.double()
+    model.dtype = torch.float64  # type: ignore[assignment]
+    return model

@@ -184,8 +184,6 @@ def test_parameter_groups_scale_jumprelu_lr() -> None:
 
 def test_registry() -> None:
     assert DICTIONARIES["sae"] is SparseAutoEncoder
-    spec = make_spec(type="transcoder", hook_point_out="blocks.0.hook_mlp_out")
-    with pytest.raises(NotImplementedError, match="transcoder"):
-        build_dictionary(spec, D)
+    assert set(DICTIONARIES) == {"sae", "transcoder", "clt", "lorsa"}
     with pytest.raises(ValueError, match="reconstructs its input"):
         build_dictionary(make_spec(), D, D + 1)

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-WORDS = ("the quick brown fox jumps over a lazy dog while sparse features light up in the "
-         "residual stream of a small transformer trained on text").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "sparse", "features", "light", "up", "in", "the", "residual", "stream", "of", "a", "small", "transformer", "trained", "on", "text"]
 
 
 def write_corpus(path: Path, n_docs: int = 60) -> Path:

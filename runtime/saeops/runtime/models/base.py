@@ -1,4 +1,4 @@
-"""The base shared by every sparse dictionary (SAE now; transcoder, CLT, Lorsa later).
+"""The base shared by every sparse dictionary (SAE, transcoder, CLT, Lorsa).
 
 Spaces: `encode(x)` and `forward(x)` take *raw* activations and normalise them internally
 (`DictionarySpec.norm_activation`); `decode(acts)` returns the reconstruction in the
@@ -133,10 +133,19 @@ class LossContext:
     k_aux: int | None = None
     """Dead latents used by Aux-K; None: d_out // 2."""
     dead_mask: Tensor | None = None
+    attention_mask: Tensor | None = None
+    """Sequence kinds (Lorsa) only: `(B, T)` bool, True at real tokens (padding is neither
+    attended to nor scored)."""
 
     @classmethod
     def from_trainer_spec(
-        cls, spec: TrainerSpec, *, k: int | None, l1_coefficient: float, dead_mask: Tensor | None = None
+        cls,
+        spec: TrainerSpec,
+        *,
+        k: int | None,
+        l1_coefficient: float,
+        dead_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> LossContext:
         """Copy the static settings from a TrainerSpec; the scheduled values come as arguments."""
         return cls(
@@ -150,6 +159,7 @@ class LossContext:
             aux_k_coefficient=spec.aux_k_coefficient,
             k_aux=spec.k_aux,
             dead_mask=dead_mask,
+            attention_mask=attention_mask,
         )
 
 
@@ -214,6 +224,11 @@ class SparseDictionary(nn.Module):
         """Reconstruction in the normalised output space."""
         raise NotImplementedError
 
+    def _reconstruct_normed(self, x_n: Tensor, k: int | None = None) -> Tensor:
+        """Normalised input -> normalised reconstruction. Kinds with a path that bypasses the
+        latents (a transcoder's skip connection) override this rather than `decode`."""
+        return self.decode(self._encode_normed(x_n, k))
+
     def _fold_norm_factors(self, a: float, c: float) -> None:
         """Rescale weights so raw input (x_n = a x) maps to raw output (x_hat_raw = x_hat_n / c)."""
         raise NotImplementedError
@@ -252,7 +267,7 @@ class SparseDictionary(nn.Module):
         an SAE, whose output is its input)."""
         x = x.to(self.dtype)
         f_in = self.input_factor(x).to(x.dtype)
-        x_hat = self.decode(self._encode_normed(x * f_in, k))
+        x_hat = self._reconstruct_normed(x * f_in, k)
         if self.spec.norm_activation in ("dataset-wise", "inference"):
             return x_hat / self.norm_factor_out.to(x_hat.dtype)
         return x_hat / f_in

@@ -14,13 +14,14 @@ Order (each step sees the previous ones):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from saeops.runtime.models.base import LossContext, SparseDictionary
 from saeops.runtime.models.normalize import compute_dataset_norm_factor
-from saeops.runtime.spec.training import InitializerSpec
+from saeops.runtime.spec.training import DictionarySpec, InitializerSpec
 
 GRID_SEARCH_MAX_TOKENS = 8192
 """Tokens of the sample used per grid-search evaluation (the MSE estimate is already stable)."""
@@ -55,6 +56,17 @@ def _unit_rows(w: Tensor) -> Tensor:
     return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def init_inputs(spec: DictionarySpec, sample: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(sample_in, sample_out) for `Initializer.initialize` from a sample `{hook: Tensor}`:
+    `(N, d)` per hook for an SAE/transcoder; a CLT's per-layer hooks stacked to `(N, L, d)`;
+    Lorsa needs sequences `(N, T, d)` (the activation stream's sequence mode)."""
+    if spec.type == "clt":
+        return (torch.stack([sample[h] for h in spec.hook_points_in], dim=1),
+                torch.stack([sample[h] for h in spec.hook_points_out], dim=1))
+    hook_in = spec.hook_point_in or ""
+    return sample[hook_in], sample[spec.out_hook or hook_in]
+
+
 class Initializer:
     """Initialise a dictionary's parameters from a sample of raw activations."""
 
@@ -79,6 +91,11 @@ class Initializer:
 
         `k` is the k used for TopK models during the grid search (default: spec top_k; pass the
         k schedule's initial k)."""
+        custom = getattr(model, "initialize_from_sample", None)
+        if custom is not None:
+            # Kinds whose parameters are not one (W_enc, W_dec) pair (CLT, Lorsa) own their init.
+            custom(self, sample_in, sample_out, k=k)
+            return model
         gen = self._generator()
         sample_in = sample_in.reshape(-1, model.d_in)
         sample_out = sample_in if sample_out is None else sample_out.reshape(-1, model.d_out)
@@ -94,15 +111,7 @@ class Initializer:
         y_n = x_out * model.output_factor(x_out)
 
         # Decoder directions.
-        if self.spec.initialize_W_D_with_active_subspace:
-            d_sub = self.spec.d_active_subspace or max(model.d_out // 2, 1)
-            d_sub = min(d_sub, model.d_out, y_n.shape[0])
-            centred = (y_n - y_n.mean(0)).to(torch.float64)
-            basis = torch.linalg.svd(centred, full_matrices=False).Vh[:d_sub]  # (d_sub, d_out)
-            coeffs = torch.randn(model.d_sae, d_sub, generator=gen, dtype=torch.float64)
-            rows = coeffs @ basis.cpu()
-        else:
-            rows = _kaiming_rows(model.d_sae, model.d_out, gen)
+        rows = self.decoder_rows(model.d_sae, y_n, gen)
         norm = self.default_decoder_norm(model)
         model.W_dec.copy_((_unit_rows(rows) * norm).to(dev, dt))  # type: ignore[attr-defined]
 
@@ -128,17 +137,37 @@ class Initializer:
         if self.spec.grid_search_init_norm:
             best = self.grid_search_decoder_norm(model, x_in, x_out, k=k)
             model.set_decoder_norm(best)
-            self._tie_encoder(model, None, rescale_only=not self.spec.init_encoder_with_decoder_transpose)
+            self._tie_encoder(model, None, rescale_only=not self._tied(model))
 
         if self.spec.init_encoder_bias_with_mean_hidden_pre:
             x_c = model.centre(x_n) if hasattr(model, "centre") else x_n
             b_enc.copy_(-(x_c @ model.W_enc).mean(0))  # type: ignore[attr-defined]
         return model
 
+    def decoder_rows(self, n: int, y_n: Tensor, gen: torch.Generator | None) -> Tensor:
+        """`(n, d_out)` float64 decoder directions (not normalised): Kaiming-uniform, or, with
+        `initialize_W_D_with_active_subspace`, random combinations of the top `d_active_subspace`
+        principal directions of the normalised output sample `y_n (N, d_out)` -- so no latent
+        starts in a direction the activations never use (dead on arrival)."""
+        d_out = y_n.shape[-1]
+        if not self.spec.initialize_W_D_with_active_subspace:
+            return _kaiming_rows(n, d_out, gen)
+        d_sub = self.spec.d_active_subspace or max(d_out // 2, 1)
+        d_sub = min(d_sub, d_out, y_n.shape[0])
+        centred = (y_n - y_n.mean(0)).to(torch.float64)
+        basis = torch.linalg.svd(centred, full_matrices=False).Vh[:d_sub]  # (d_sub, d_out)
+        coeffs = torch.randn(n, d_sub, generator=gen, dtype=torch.float64)
+        return coeffs @ basis.cpu()
+
+    def _tied(self, model: SparseDictionary) -> bool:
+        # A transcoder's encoder and decoder live in different spaces: no transpose to tie to.
+        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
+        return self.spec.init_encoder_with_decoder_transpose and W_enc.shape == W_dec.T.shape
+
     @torch.no_grad()
     def _tie_encoder(self, model: SparseDictionary, gen: torch.Generator | None, rescale_only: bool = False) -> None:
         W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
-        if self.spec.init_encoder_with_decoder_transpose:
+        if self._tied(model):
             W_enc.copy_(W_dec.T)
             return
         if not rescale_only:
@@ -162,14 +191,20 @@ class Initializer:
             self._tie_encoder(model, None, rescale_only=True)
             return float(model.compute_loss(x_in, x_out, ctx).terms["mse"])
 
-        coarse = torch.logspace(-3, 1, 25, dtype=torch.float64).tolist()
-        losses = {n: mse_at(n) for n in coarse}
-        best = min(losses, key=lambda n: losses[n])
-        fine = torch.linspace(best / 2, best * 2, 21, dtype=torch.float64).tolist()
-        losses.update({n: mse_at(n) for n in fine})
-        best = min(losses, key=lambda n: losses[n])
-        mse_at(best)
-        return float(best)
+        return grid_search_norm(mse_at)
 
 
-__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median"]
+def grid_search_norm(mse_at: Callable[[float], float]) -> float:
+    """Minimise `mse_at(norm)`: a coarse log grid over [1e-3, 10], then a fine linear grid over
+    [best/2, best*2]; calls `mse_at(best)` last so the model is left at the best norm."""
+    coarse = torch.logspace(-3, 1, 25, dtype=torch.float64).tolist()
+    losses = {n: mse_at(n) for n in coarse}
+    best = min(losses, key=lambda n: losses[n])
+    fine = torch.linspace(best / 2, best * 2, 21, dtype=torch.float64).tolist()
+    losses.update({n: mse_at(n) for n in fine})
+    best = min(losses, key=lambda n: losses[n])
+    mse_at(best)
+    return float(best)
+
+
+__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "grid_search_norm", "init_inputs"]

@@ -68,9 +68,11 @@ def fold_dataset_norm(model: SparseDictionary) -> SparseDictionary:
     """
     if model.spec.norm_activation != "dataset-wise":
         raise ValueError(f"fold_dataset_norm needs norm_activation dataset-wise, not {model.spec.norm_activation}")
-    a = float(model.norm_factor_in)
-    c = float(model.norm_factor_out)
-    model._fold_norm_factors(a, c)
+    # Scalars for one-hook kinds; per-layer kinds (CLT) keep one factor per layer.
+    fin, fout = model.norm_factor_in, model.norm_factor_out
+    a = float(fin) if fin.numel() == 1 else fin.clone()
+    c = float(fout) if fout.numel() == 1 else fout.clone()
+    model._fold_norm_factors(a, c)  # type: ignore[arg-type]
     model.norm_factor_in.fill_(1.0)
     model.norm_factor_out.fill_(1.0)
     model.spec = model.spec.model_copy(update={"norm_activation": "inference"})

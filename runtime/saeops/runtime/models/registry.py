@@ -7,11 +7,17 @@ from pathlib import Path
 import torch
 
 from saeops.runtime.models.base import WEIGHTS_FILE, SparseDictionary, read_config
+from saeops.runtime.models.clt import CrossLayerTranscoder
+from saeops.runtime.models.lorsa import LowRankSparseAttention
 from saeops.runtime.models.sae import SparseAutoEncoder
+from saeops.runtime.models.transcoder import Transcoder
 from saeops.runtime.spec.training import DictionarySpec
 
 DICTIONARIES: dict[str, type[SparseDictionary]] = {
     "sae": SparseAutoEncoder,
+    "transcoder": Transcoder,
+    "clt": CrossLayerTranscoder,
+    "lorsa": LowRankSparseAttention,
 }
 
 

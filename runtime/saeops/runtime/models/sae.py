@@ -41,10 +41,14 @@ class SparseAutoEncoder(SparseDictionary):
     with a GLU encoder, + `log_jumprelu_threshold` for JumpReLU)."""
 
     dictionary_type = "sae"
+    centres_input: bool = True
+    """Subtract b_dec from the input before encoding (only meaningful when input and output
+    live in the same space; a transcoder turns it off)."""
+    requires_square: bool = True
 
     def __init__(self, spec: DictionarySpec, d_in: int, d_out: int | None = None):
         super().__init__(spec, d_in, d_out)
-        if self.d_out != self.d_in:
+        if self.requires_square and self.d_out != self.d_in:
             raise ValueError(f"an sae reconstructs its input: d_out={self.d_out} must equal d_in={self.d_in}")
         dt = self.dtype
         self.W_enc = nn.Parameter(torch.empty(self.d_in, self.d_sae, dtype=dt))
@@ -100,7 +104,7 @@ class SparseAutoEncoder(SparseDictionary):
 
     def centre(self, x_n: Tensor) -> Tensor:
         """Subtract b_dec from normalised input (identity without a decoder bias)."""
-        return x_n if self.b_dec is None else x_n - self.b_dec
+        return x_n if self.b_dec is None or not self.centres_input else x_n - self.b_dec
 
     def hidden_pre(self, x_c: Tensor) -> Tensor:
         """Dense pre-activations of centred, normalised input."""
@@ -133,6 +137,14 @@ class SparseAutoEncoder(SparseDictionary):
         out = acts.dense() @ self.W_dec
         return out if self.b_dec is None else out + self.b_dec
 
+    def reconstruct_from(self, acts: FeatureActs, x_n: Tensor) -> Tensor:
+        """Normalised reconstruction from the latents (and, for kinds with a skip path, the
+        normalised input)."""
+        return self.decode(acts)
+
+    def _reconstruct_normed(self, x_n: Tensor, k: int | None = None) -> Tensor:
+        return self.reconstruct_from(self._encode_normed(x_n, k), x_n)
+
     # -- loss ----------------------------------------------------------------------------
 
     def compute_loss(self, x_in: Tensor, x_out: Tensor | None, ctx: LossContext) -> LossOutput:
@@ -141,7 +153,7 @@ class SparseAutoEncoder(SparseDictionary):
         x_n = x_in * self.input_factor(x_in)
         target = x_out * self.output_factor(x_out)
         acts = self._encode_normed(x_n, ctx.k)
-        x_hat = self.decode(acts)
+        x_hat = self.reconstruct_from(acts, x_n)
 
         mse = mse_loss(x_hat, target)
         loss = mse
@@ -210,7 +222,7 @@ class SparseAutoEncoder(SparseDictionary):
         # Folded:      pre' = pre / a, f' = f / a, W_d' = W_d a / c, b' = b / c.
         # Centring with b' = b/c instead of b/a is compensated in b_enc (zero when a == c).
         shift = None
-        if self.b_dec is not None:
+        if self.b_dec is not None and self.centres_input:
             shift = self.b_dec / c - self.b_dec / a
         if self.W_gate is not None and self.b_gate is not None:
             if shift is not None:

@@ -58,7 +58,8 @@ class CacheSource:
     """Activations read from an ActivationCache (local `cacheUri`, or resolved by the operator)."""
 
     def __init__(self, spec: SAETrainingRunSpec, hooks: list[str], rank: int = 0, world_size: int = 1) -> None:
-        from saeops.runtime.cache import open_manifest
+        from saeops.runtime.cache import check_compatible, load_manifest
+        from saeops.runtime.storage import open_storage
 
         acts = spec.activations
         if acts.cache_uri is None:
@@ -66,54 +67,40 @@ class CacheSource:
                 f"spec.activations.cacheRef={acts.cache_ref!r} names a cluster resource; "
                 "locally set spec.activations.cacheUri to the cache's storage URI"
             )
-        self.spec, self.hooks, self.uri = spec, hooks, acts.cache_uri
+        self.spec, self.hooks = spec, hooks
         self.rank, self.world_size = rank, world_size
-        self.manifest = open_manifest(self.uri, endpoint_url=spec.output.endpoint_url,
-                                      region=spec.output.region)
+        out = spec.output
+        self.storage = open_storage(acts.cache_uri, endpoint_url=out.endpoint_url, region=out.region)
+        self.manifest = load_manifest(self.storage)
         missing = [h for h in hooks if h not in self.manifest["hook_points"]]
         if missing:
             raise SpecError(
-                f"spec.sae hook point {missing[0]!r} is not in cache {self.uri} "
+                f"spec.sae: hook point {missing[0]!r} is not in cache {acts.cache_uri} "
                 f"(it has {', '.join(self.manifest['hook_points'])})"
             )
-        from saeops.runtime.cache import check_compatible
-
         for h in hooks:
             check_compatible(self.manifest, hook_point=h, d_model=spec.sae.d_model)
 
     def dims(self) -> dict[str, int]:
-        return {h: int(self.manifest["d_model"][h]) for h in self.hooks}
+        d = self.manifest["d_model"]
+        return {h: int(d[h] if isinstance(d, dict) else d) for h in self.hooks}
 
-    def _readers(self, seed: int, batch_size: int, start_batch: int) -> Iterator[Batch]:
+    def _reader(self, seed: int, batch_size: int, start_batch: int, epochs: int | None) -> Iterator[Batch]:
         from saeops.runtime.cache import CacheReader
 
-        out = self.spec.output
-        # One reader per hook point with the same seed: shards were written together, so the
-        # same permutation keeps rows aligned across hook points (transcoder input/label pairs).
-        readers = [
-            iter(CacheReader(self.uri, h, batch_size=batch_size, seed=seed, rank=self.rank,
+        # One reader over every hook point: rows stay aligned (transcoder input/label pairs).
+        reader = CacheReader(self.storage, self.hooks, batch_size=batch_size, seed=seed, rank=self.rank,
                              world_size=self.world_size, start_batch=start_batch,
-                             shuffle=self.spec.activations.shuffle, endpoint_url=out.endpoint_url,
-                             region=out.region))
-            for h in self.hooks
-        ]
-        for parts in zip(*readers, strict=False):
-            batch: Batch = {}
-            for h, part in zip(self.hooks, parts, strict=True):
-                batch[h] = part[h] if isinstance(part, dict) else part
-            yield batch
+                             shuffle=self.spec.activations.shuffle, epochs=epochs)
+        for b in reader:
+            yield {**b.by_hook, "tokens": b.tokens}
 
     def sample(self, n_tokens: int, seed: int) -> Batch:
-        rows: dict[str, list[torch.Tensor]] = {h: [] for h in self.hooks}
-        got = 0
-        for batch in self._readers(seed, min(n_tokens, 4096), 0):
-            for h in self.hooks:
-                rows[h].append(batch[h])
-            got += batch[self.hooks[0]].shape[0]
-            if got >= n_tokens:
-                break
-        return {h: torch.cat(v)[:n_tokens] for h, v in rows.items()}
+        from saeops.runtime.data import sample_activations
+
+        return sample_activations(self._reader(seed, min(n_tokens, 4096), 0, None), n_tokens)
 
     def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
         local = self.spec.trainer.batch_size // self.world_size
-        return self._readers(seed, local, skip_batches)
+        # Epochs repeat (each reshuffled) when the run wants more tokens than the cache holds.
+        return self._reader(seed, local, skip_batches, None)
