@@ -29,10 +29,6 @@ def write(tmp_path: Path, doc: dict, suffix: str = ".yaml") -> Path:
     p = tmp_path / f"m{suffix}"
     if suffix == ".json":
         p.write_text(json.dumps(doc))
-    elif suffix == ".toml":
-        import tomli_w  # noqa: F401 - only if installed
-
-        p.write_text(tomli_w.dumps(doc))
     else:
         p.write_text(yaml.safe_dump(doc))
     return p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from saeops.runtime.spec import DictionarySpec, TrainerSpec
@@ -26,7 +27,7 @@ def test_k_linear_with_cold_boot() -> None:
     assert ks[:10] == [50] * 10  # held during cold boot
     assert ks[10] == 50 and ks[30] == 30  # halfway down after 20 of 40 warm-up steps
     assert ks[50:] == [10] * 50
-    assert all(a >= b for a, b in zip(ks, ks[1:], strict=False))  # never increases
+    assert all(a >= b for a, b in itertools.pairwise(ks))  # never increases
 
 
 def test_k_exponential_fraction_steps() -> None:

@@ -46,6 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
+
     from saeops.operator.render import render_manifest
 
     res = _load(args)
