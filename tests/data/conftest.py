@@ -1,0 +1,43 @@
+import json
+
+import pytest
+import torch
+
+from saeops.runtime.lm import load_language_model
+from saeops.runtime.spec.common import DatasetSpec, ModelSpec, NativeModelSpec
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
+
+
+def make_docs(n: int = 40) -> list[str]:
+    # Deterministic, varied documents of 20-120 characters.
+    return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + (i % 15))) for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine: one intra-op thread is ~10x faster than two
+    (no OpenMP barrier waits against other processes). Restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    spec = ModelSpec(name="tiny", native=NativeModelSpec(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                                                         d_vocab=300, n_ctx=64), tokenizer="bytes", batch_size=4)
+    return load_language_model(spec, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def docs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("docs") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(make_docs())))
+    return path
+
+
+@pytest.fixture
+def ds_spec(docs_file):
+    return DatasetSpec(path=str(docs_file), context_size=32)
