@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -27,7 +25,6 @@ def _synthetic(n: int, features: torch.Tensor, g: torch.Generator) -> torch.Tens
 
 @pytest.mark.slow
 def test_topk_sae_recovers_ground_truth_features() -> None:
-    t0 = time.perf_counter()
     g = torch.Generator().manual_seed(1234)
     torch.manual_seed(1234)
     features = torch.randn(N_FEATURES, D, generator=g)
@@ -49,4 +46,3 @@ def test_topk_sae_recovers_ground_truth_features() -> None:
     cos = (features @ (W / W.norm(dim=-1, keepdim=True)).T)  # (n_features, d_sae)
     recovery = cos.max(dim=1).values.mean().item()
     assert recovery >= 0.9, f"mean max cosine {recovery:.3f}"
-    assert time.perf_counter() - t0 < 20

@@ -115,14 +115,16 @@ class SparseAutoEncoder(SparseDictionary):
 
     def _encode_normed(self, x: Tensor, k: int | None = None) -> FeatureActs:
         k = k or self.spec.top_k
-        x_c = self.centre(x.to(self.dtype))
+        x = x.to(self.dtype)
         scale = self.score_scale()
         if self.W_gate is None and self.spec.act_fn in ("topk", "batchtopk"):
-            # Fused path: never materialises the dense (B, d_sae) activations.
+            # Fused path: never materialises the dense (B, d_sae) activations; the kernel
+            # centres by b_dec itself (a cheaper b_dec gradient than centring here).
             op = _ops.topk_encode if self.spec.act_fn == "topk" else _ops.batchtopk_encode
-            values, indices = op(x_c, self.W_enc, self.b_enc, k, score_scale=scale)
+            bias = self.b_dec if self.b_dec is not None and self.centres_input else None
+            values, indices = op(x, self.W_enc, self.b_enc, k, score_scale=scale, input_bias=bias)
             return FeatureActs.from_sparse(values, indices, self.d_sae)
-        return self.activation(self.hidden_pre(x_c), k=k, score_scale=scale)
+        return self.activation(self.hidden_pre(self.centre(x)), k=k, score_scale=scale)
 
     def decode(self, acts: FeatureActs | Tensor) -> Tensor:
         if isinstance(acts, Tensor):
