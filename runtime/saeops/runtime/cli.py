@@ -25,9 +25,9 @@ def _fail(msg: str) -> int:
 def _load(args: argparse.Namespace):  # -> AnyResource
     res = load_resource(args.file, getattr(args, "set", None) or [])
     if getattr(args, "output", None):
-        if not hasattr(res.spec, "output"):
-            raise SpecError(f"{args.file}: --output does not apply to {res.kind}")
-        res.spec.output.storage_uri = args.output
+        # A sweep's trials write under the template's output (one prefix per trial).
+        spec = getattr(res.spec, "trial_template", res.spec)
+        spec.output.storage_uri = args.output
     return res
 
 
