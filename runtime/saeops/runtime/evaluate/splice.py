@@ -14,8 +14,10 @@ ablation and mean ablation (the activation's mean over the evaluated tokens), th
 loss recovered `(L_zero - L_splice) / (L_zero - L_orig)` (and against mean ablation), and the
 KL divergence `KL(p_orig || p_splice)` of next-token distributions.
 
-This needs a causal language model with a trained unembedding: an encoder such as MiniLM has
-no next-token loss, and is refused with `EvalError`.
+An encoder without an LM head (MiniLM) has no next-token loss; its product is the sentence
+embedding, so there the "loss" is the cosine distance between the mean-pooled final hidden
+states of the clean run and of the spliced (or ablated) run: 0 for the clean run, and loss
+recovered keeps its meaning (`loss_kind` says which loss was used; KL is not reported).
 """
 
 from __future__ import annotations
@@ -45,13 +47,8 @@ class _Runner:
     def __init__(self, lm: Any) -> None:
         self.lm = lm
         self.bridge = lm if hasattr(lm, "run_with_hooks") else getattr(lm, "bridge", None)
-        if getattr(lm, "has_lm_head", True) is False or getattr(lm, "is_bert_like", False):
-            name = getattr(getattr(lm, "spec", None), "name", type(lm).__name__)
-            raise EvalError(
-                f"spec.model: evaluation needs a causal language model with an unembedding; {name} is an "
-                "encoder without an LM head, so next-token loss is not defined (use a decoder-only model, "
-                "e.g. spec.model.native)"
-            )
+        # Encoders (no LM head): `logits` are the final hidden states (the lm package's contract).
+        self.encoder = getattr(lm, "has_lm_head", True) is False
 
     def logits(self, tokens: Tensor, replacements: dict[str, Replacement] | None = None) -> Tensor:
         replacements = replacements or {}
@@ -126,6 +123,17 @@ def next_token_loss(logits: Tensor, tokens: Tensor, mask: Tensor | None = None) 
     return (nll * m).sum() / m.sum().clamp_min(1)
 
 
+def embedding_loss(reference: Tensor, other: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over sequences of `1 - cos` between mean-pooled final hidden states (the sentence
+    embedding an encoder such as MiniLM produces)."""
+    m = torch.ones(reference.shape[:2], device=reference.device) if mask is None else mask.to(reference.device).float()
+
+    def pool(h: Tensor) -> Tensor:
+        return (h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
+
+    return (1 - torch.nn.functional.cosine_similarity(pool(reference), pool(other), dim=-1)).mean()
+
+
 def kl_divergence(logits_p: Tensor, logits_q: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean over positions of `KL(p || q)` of the next-token distributions."""
     lp, lq = logits_p[:, :-1].float().log_softmax(-1), logits_q[:, :-1].float().log_softmax(-1)
@@ -177,9 +185,7 @@ def evaluate_splice(
         n = tok.shape[0]
         clean = runner.logits(tok)
         if clean.ndim != 3:
-            raise EvalError("spec.model: the model returned no next-token logits (an encoder?)")
-        # Ids beyond the vocabulary wrap around for native models (the lm package's contract).
-        target = tok % clean.shape[-1] if int(tok.max()) >= clean.shape[-1] else tok
+            raise EvalError("spec.model: the model returned neither logits nor hidden states")
         inputs = runner.activations(tok, list(dict.fromkeys(hooks_in + hooks_out)))
         recon = reconstruct(model, inputs, hooks_in, hooks_out)
         for h in hooks_out:
@@ -188,14 +194,25 @@ def evaluate_splice(
         spliced = runner.logits(tok, {h: (lambda t, r=recon[h]: r) for h in hooks_out})
         zero = runner.logits(tok, {h: torch.zeros_like for h in hooks_out})
         mean = runner.logits(tok, {h: (lambda t, mu=means[h]: mu.to(t.dtype).expand_as(t)) for h in hooks_out})
-        for key, value in (
-            ("loss_original", next_token_loss(clean, target, m)),
-            ("loss_spliced", next_token_loss(spliced, target, m)),
-            ("loss_zero_ablation", next_token_loss(zero, target, m)),
-            ("loss_mean_ablation", next_token_loss(mean, target, m)),
-            ("kl_divergence", kl_divergence(clean, spliced, m)),
-            ("kl_divergence_zero_ablation", kl_divergence(clean, zero, m)),
-        ):
+        if runner.encoder:
+            values = (
+                ("loss_original", embedding_loss(clean, clean, m)),
+                ("loss_spliced", embedding_loss(clean, spliced, m)),
+                ("loss_zero_ablation", embedding_loss(clean, zero, m)),
+                ("loss_mean_ablation", embedding_loss(clean, mean, m)),
+            )
+        else:
+            # Ids beyond the vocabulary wrap around for native models (the lm package's contract).
+            target = tok % clean.shape[-1] if int(tok.max()) >= clean.shape[-1] else tok
+            values = (
+                ("loss_original", next_token_loss(clean, target, m)),
+                ("loss_spliced", next_token_loss(spliced, target, m)),
+                ("loss_zero_ablation", next_token_loss(zero, target, m)),
+                ("loss_mean_ablation", next_token_loss(mean, target, m)),
+                ("kl_divergence", kl_divergence(clean, spliced, m)),
+                ("kl_divergence_zero_ablation", kl_divergence(clean, zero, m)),
+            )
+        for key, value in values:
             totals[key] = totals.get(key, 0.0) + float(value) * n
     model.train(was_training)
     res: dict[str, Any] = {k: v / tokens.shape[0] for k, v in totals.items()}
@@ -204,8 +221,9 @@ def evaluate_splice(
                                                      res["loss_original"])
     res["explained_variance"] = 1.0 - sse / max(sst_parts, 1e-30)
     res["tokens"] = int(tokens.numel())
+    res["loss_kind"] = "sentence_embedding_cosine_distance" if runner.encoder else "next_token_cross_entropy"
     res["hook_points_in"], res["hook_points_out"] = hooks_in, hooks_out
     return res
 
 
-__all__ = ["EvalError", "evaluate_splice", "kl_divergence", "next_token_loss", "reconstruct", "splice_hooks"]
+__all__ = ["EvalError", "embedding_loss", "evaluate_splice", "kl_divergence", "next_token_loss", "reconstruct", "splice_hooks"]
