@@ -3,6 +3,10 @@
 Reads the resource manifest (the operator's ConfigMap `spec.json`) from `--spec PATH` or
 the `SAEOPS_SPEC` environment variable (a path, or the JSON itself) and runs it through the
 same code path as `saeops run`. Only rank 0 serves /metrics (`SAEOPS_METRICS_PORT`).
+
+Under torchrun it joins the process group (`saeops.runtime.distributed`). Exit status: 0 done;
+2 bad input; 143 (`EXIT_PREEMPTED`) stopped on SIGTERM after writing a checkpoint (resume by
+starting again); anything else is a failure.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -62,11 +63,17 @@ def _run(res: AnyResource, *, progress: bool, metrics_port: int | None, in_worke
         if procs > 1 and not in_worker:
             from saeops.runtime.distributed.launcher import launch_torchrun
 
-            return launch_torchrun(res, procs)
+            return launch_torchrun(res, procs, progress=progress, metrics_port=metrics_port)
+        from saeops.runtime.distributed.preemption import EXIT_PREEMPTED, Preempted
         from saeops.runtime.train.job import TrainingJob
 
-        result = TrainingJob(res, progress=progress, metrics_port=metrics_port).run_job()
-        print(format_final(result.final, result.output_uri), file=sys.stdout)
+        try:
+            result = TrainingJob(res, progress=progress, metrics_port=metrics_port).run_job()
+        except Preempted as e:
+            log.warning("%s; exiting with %d (resumes from the checkpoint)", e, EXIT_PREEMPTED)
+            return EXIT_PREEMPTED
+        if os.environ.get("RANK", "0") == "0":
+            print(format_final(result.final, result.output_uri), file=sys.stdout)
         return 0
     if isinstance(res, ActivationCache):
         from saeops.runtime.cache.generate import generate_cache

@@ -33,21 +33,23 @@ class LiveSource:
     def dims(self) -> dict[str, int]:
         return {h: self.lm.d_model(h) for h in self.hooks}
 
-    def _stream(self, seed: int, batch_size: int, skip_batches: int = 0) -> Any:
+    def _stream(self, seed: int, batch_size: int, skip_batches: int = 0, *, whole: bool = False) -> Any:
         from saeops.runtime.data import ActivationStream
 
         acts = self.spec.activations
         return ActivationStream(
             self.lm, self.spec.dataset, self.hooks, batch_size=batch_size, buffer_size=acts.buffer_size,
             seed=seed, filter_special_tokens=acts.filter_special_tokens, shuffle=acts.shuffle,
-            rank=self.rank, world_size=self.world_size, skip_batches=skip_batches, repeat=True,
+            rank=0 if whole else self.rank, world_size=1 if whole else self.world_size,
+            skip_batches=skip_batches, repeat=True,
             documents=self.documents,
         )
 
     def sample(self, n_tokens: int, seed: int) -> Batch:
         from saeops.runtime.data import sample_activations
 
-        return sample_activations(self._stream(seed, min(n_tokens, 4096)), n_tokens)
+        # The whole stream, not this rank's part: every rank initialises from the same sample.
+        return sample_activations(self._stream(seed, min(n_tokens, 4096), whole=True), n_tokens)
 
     def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
         local = self.spec.trainer.batch_size // self.world_size
@@ -85,12 +87,14 @@ class CacheSource:
         d = self.manifest["d_model"]
         return {h: int(d[h] if isinstance(d, dict) else d) for h in self.hooks}
 
-    def _reader(self, seed: int, batch_size: int, start_batch: int, epochs: int | None) -> Iterator[Batch]:
+    def _reader(self, seed: int, batch_size: int, start_batch: int, epochs: int | None, *,
+                whole: bool = False) -> Iterator[Batch]:
         from saeops.runtime.cache import CacheReader
 
         # One reader over every hook point: rows stay aligned (transcoder input/label pairs).
-        reader = CacheReader(self.storage, self.hooks, batch_size=batch_size, seed=seed, rank=self.rank,
-                             world_size=self.world_size, start_batch=start_batch,
+        reader = CacheReader(self.storage, self.hooks, batch_size=batch_size, seed=seed,
+                             rank=0 if whole else self.rank, world_size=1 if whole else self.world_size,
+                             start_batch=start_batch,
                              shuffle=self.spec.activations.shuffle, epochs=epochs)
         for b in reader:
             yield {**b.by_hook, "tokens": b.tokens}
@@ -98,7 +102,8 @@ class CacheSource:
     def sample(self, n_tokens: int, seed: int) -> Batch:
         from saeops.runtime.data import sample_activations
 
-        return sample_activations(self._reader(seed, min(n_tokens, 4096), 0, None), n_tokens)
+        # The whole cache, not this rank's part: every rank initialises from the same sample.
+        return sample_activations(self._reader(seed, min(n_tokens, 4096), 0, None, whole=True), n_tokens)
 
     def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
         local = self.spec.trainer.batch_size // self.world_size

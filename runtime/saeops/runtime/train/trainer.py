@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -51,6 +51,33 @@ def build_optimizer(model: SparseDictionary, trainer: TrainerSpec) -> torch.opti
     return cls(groups, lr=trainer.lr, betas=trainer.betas, weight_decay=trainer.weight_decay, foreach=True)
 
 
+class TrainerComm(Protocol):
+    """Reductions a distributed run plugs into the Trainer (`saeops.runtime.distributed.comm`).
+    Without one (`comm=None`) the Trainer is the single-process loop, unchanged."""
+
+    @property
+    def data_size(self) -> int: ...
+
+    @property
+    def data_rank(self) -> int: ...
+
+    def sync_grads(self, params: list[torch.nn.Parameter]) -> None: ...
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor: ...
+
+    def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor: ...
+
+    def reduce_window(self, window: MetricWindow) -> None: ...
+
+    def consolidate_window(self, window: MetricWindow) -> None: ...
+
+    def window_has_steps(self, window: MetricWindow) -> bool: ...
+
+    def export_optimizer(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+    def import_optimizer(self, state: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Trainer:
     """Trains one dictionary on a stream of batches `{hook_point: Tensor[B, d]}`."""
 
@@ -66,8 +93,10 @@ class Trainer:
         on_step: Callable[[TrainState], None] | None = None,
         progress: Any | None = None,
         device: torch.device | str = "cpu",
+        comm: TrainerComm | None = None,
     ) -> None:
         self.model = model
+        self.comm = comm
         self.sae = sae
         self.cfg = trainer
         self.hook_in, self.hook_out = hook_in, hook_out
@@ -120,15 +149,25 @@ class Trainer:
             out = self.model.compute_loss(x_in, x_out, self._context(step, mask))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.comm is not None:
+            self.comm.sync_grads(list(self.model.parameters()))
         if self.cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            if self.comm is not None:
+                self.comm.clip_grad_norm(list(self.model.parameters()), self.cfg.clip_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         self.optimizer.step()
 
         l0, counts = fire_stats(out.acts, self.model.d_sae)
         terms = {k: v for k, v in out.terms.items() if k != "l0"}
+        # The window keeps local sums (reduced when logging); the tracker needs global counts
+        # every step so the dead mask (Aux-K) is the same on every rank.
         self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **terms})
         # Tokens scored: rows of the (flattened, unpadded) target; B for (B, d) and (B, L, d).
         n_tokens = out.target.shape[0]
+        if self.comm is not None:
+            counts = self.comm.reduce_counts(counts)
+            n_tokens *= self.comm.data_size
         self.tracker.update(counts, n_tokens)
         per_layer = getattr(self.model, "per_layer_metrics", None)
         if per_layer is not None and ((step + 1) % self.cfg.log_frequency == 0 or step + 1 >= self.cfg.total_steps):
@@ -139,6 +178,8 @@ class Trainer:
 
     def log_metrics(self) -> dict[str, float]:
         """Read back and reset the window (a host sync; only every log_frequency steps)."""
+        if self.comm is not None:
+            self.comm.reduce_window(self.window)
         # A CLT's window sums the error over its L output layers.
         values = self.window.compute(self.model.d_out * getattr(self.model, "n_layers", 1))
         values.update(self.tracker.compute())
@@ -178,7 +219,8 @@ class Trainer:
                 self.on_step(self.state)
         if self.state.step < total_steps:
             log.warning("activation stream ended after %d of %d steps", self.state.step, total_steps)
-            if self.window.steps:
+            unlogged = self.window.steps > 0 if self.comm is None else self.comm.window_has_steps(self.window)
+            if unlogged:
                 values = self.log_metrics()
         self.final = values
         return values
@@ -186,8 +228,19 @@ class Trainer:
     # -- checkpoint state (weights are saved by the caller)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights; unsharded and world-size independent (a collective in a
+        distributed run: every rank calls it; rank 0's copy is the one saved)."""
+        optimizer = self.optimizer.state_dict()
+        if self.comm is not None:
+            optimizer = self.comm.export_optimizer(optimizer)
+            self.comm.consolidate_window(self.window)
+        w = self.window
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
+            "window": {"sse": w.sse.cpu(), "sst": w.sst.cpu(), "l0_sum": w.l0_sum.cpu(),
+                       "fire_counts": w.fire_counts.cpu(), "terms": {k: torch.as_tensor(v).cpu()
+                                                                     for k, v in w.terms.items()},
+                       "tokens": w.tokens, "steps": w.steps},
             "step": self.state.step,
             "tokens": self.state.tokens,
             "seconds": self.state.seconds,
@@ -196,6 +249,17 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if self.comm is not None:
+            optimizer = self.comm.import_optimizer(optimizer)
+        self.optimizer.load_state_dict(optimizer)
+        # The saved window holds the whole (data-group) sums: one rank carries them on.
+        if "window" in state and (self.comm is None or self.comm.data_rank == 0):
+            w, saved = self.window, state["window"]
+            dev = w.sse.device
+            w.sse, w.sst, w.l0_sum = saved["sse"].to(dev), saved["sst"].to(dev), saved["l0_sum"].to(dev)
+            w.fire_counts = saved["fire_counts"].to(dev)
+            w.terms = {k: v.to(dev) for k, v in saved["terms"].items()}
+            w.tokens, w.steps = int(saved["tokens"]), int(saved["steps"])
         self.state = TrainState(state["step"], state["tokens"], state["seconds"], list(state["history"]))
         self.tracker.load_state_dict(state["tracker"])
