@@ -69,7 +69,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     mutate(doc)
     manifest = tmp_path / "run.yaml"
     manifest.write_text(yaml.safe_dump(doc))
-    code, out, err = run_cli(capsys, "run", str(manifest), "--no-progress")
+    code, _, err = run_cli(capsys, "run", str(manifest), "--no-progress")
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err
