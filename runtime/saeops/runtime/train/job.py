@@ -105,6 +105,8 @@ class TrainingJob:
         """The dictionary this rank trains: initialised identically on every rank (or left for
         the checkpoint to fill), then sharded when `parallelism.tensor > 1`."""
         from saeops.runtime.models import Initializer, build_dictionary
+        from saeops.runtime.models.init import init_inputs
+        from saeops.runtime.models.init_from_model import initialize_from_language_model
 
         spec = self.spec
         hook_in, hook_out = self._hooks()
@@ -112,10 +114,13 @@ class TrainingJob:
         if checkpoint is None:
             t0 = time.perf_counter()
             sample = src.sample(spec.initializer.init_tokens, seed=spec.trainer.seed + 1)
+            x_in, x_out = init_inputs(spec.sae, sample)
             Initializer(spec.initializer, seed=spec.trainer.seed).initialize(
-                model, sample[hook_in].to(device), sample[hook_out].to(device),
-                k=spec.trainer.initial_k or spec.sae.top_k,
+                model, x_in.to(device), x_out.to(device), k=spec.trainer.initial_k or spec.sae.top_k,
             )
+            lm = getattr(src, "lm", None)
+            if lm is not None:
+                initialize_from_language_model(model, lm, spec.initializer)
             log.info("initialised %s (d_sae=%d) in %.1fs", spec.sae.type, model.d_sae, time.perf_counter() - t0)
             if self.ctx.distributed:
                 # Same sample and seed give the same init; broadcasting makes it bitwise sure.
@@ -196,10 +201,28 @@ class TrainingJob:
         artifacts: dict[str, str] = {}
         if ctx.is_main:
             artifacts = write_artifacts(storage, full, self.run.to_manifest(), metrics)
+            artifacts.update(self._after_training(storage, final))
         ctx.barrier()
         if self.metrics is not None:
             self.metrics.close()
         return RunResult(final=final, artifacts=artifacts, output_uri=storage.url(""))
+
+    def _after_training(self, storage: Any, final: dict[str, float]) -> dict[str, str]:
+        """Optional evaluation (results into metrics.json's `eval`) and analysis report."""
+        spec, out = self.spec, {}
+        if spec.eval.enabled:
+            from saeops.runtime.evaluate import evaluate_run
+
+            res = evaluate_run(storage.url(""), tokens=spec.eval.tokens)
+            if "loss_recovered" in res:
+                final["loss_recovered"] = float(res["loss_recovered"])
+            log.info("evaluation: loss recovered %.4f", res.get("loss_recovered", float("nan")))
+        if spec.analysis.enabled:
+            from saeops.runtime.analysis import analyze_run
+
+            out["report"] = analyze_run(storage.url(""), spec.analysis.tokens, spec.analysis.top_n,
+                                        spec.analysis.max_features, storage=storage)
+        return out
 
     def _on_step(self, model: Any, trainer: Trainer, checkpointer: Checkpointer, stop: Any) -> Callable[..., None]:
         """After each step: a checkpoint every `checkpointInterval` steps, and on SIGTERM (agreed

@@ -33,26 +33,57 @@ class LiveSource:
     def dims(self) -> dict[str, int]:
         return {h: self.lm.d_model(h) for h in self.hooks}
 
-    def _stream(self, seed: int, batch_size: int, skip_batches: int = 0, *, whole: bool = False) -> Any:
+    def _stream(self, seed: int, batch_size: int, skip_batches: int = 0, *, whole: bool = False,
+                buffer_size: int | None = None) -> Any:
         from saeops.runtime.data import ActivationStream
 
         acts = self.spec.activations
         return ActivationStream(
-            self.lm, self.spec.dataset, self.hooks, batch_size=batch_size, buffer_size=acts.buffer_size,
+            self.lm, self.spec.dataset, self.hooks, batch_size=batch_size,
+            buffer_size=buffer_size or acts.buffer_size,
             seed=seed, filter_special_tokens=acts.filter_special_tokens, shuffle=acts.shuffle,
             rank=0 if whole else self.rank, world_size=1 if whole else self.world_size,
             skip_batches=skip_batches, repeat=True,
             documents=self.documents,
         )
 
+    @property
+    def sequences(self) -> bool:
+        """Attention dictionaries (Lorsa) train on whole context windows, not shuffled tokens."""
+        return self.spec.sae.type == "lorsa"
+
+    def _windows(self, seed: int, n_seq: int, skip_batches: int, *, whole: bool) -> Iterator[Batch]:
+        """Batches of `n_seq` whole windows `{hook: [n, T, d], "mask": [n, T], "tokens": [n, T]}`
+        in dataset order (sequence dictionaries need positions intact; there is nothing to mix)."""
+        keys = [*self.hooks, "mask", "tokens"]
+        carry: dict[str, torch.Tensor] | None = None
+        index = 0
+        for chunk in self._stream(seed, 1, whole=whole).iter_windows():
+            part = {k: chunk[k] for k in keys}
+            data = part if carry is None else {k: torch.cat([carry[k], part[k]]) for k in keys}
+            while len(data["mask"]) >= n_seq:
+                if index >= skip_batches:
+                    yield {k: v[:n_seq] for k, v in data.items()}
+                index += 1
+                data = {k: v[n_seq:] for k, v in data.items()}
+            carry = data
+
     def sample(self, n_tokens: int, seed: int) -> Batch:
         from saeops.runtime.data import sample_activations
 
         # The whole stream, not this rank's part: every rank initialises from the same sample.
-        return sample_activations(self._stream(seed, min(n_tokens, 4096), whole=True), n_tokens)
+        if self.sequences:
+            n_seq = -(-n_tokens // self.spec.dataset.context_size)
+            return next(self._windows(seed, n_seq, 0, whole=True))
+        # A buffer as large as the sample: init needs no more mixing than one pass gives, and a
+        # training-size buffer would run the model over far more tokens than the sample holds.
+        n = min(n_tokens, 4096)
+        return sample_activations(self._stream(seed, n, whole=True, buffer_size=n_tokens), n_tokens)
 
     def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
         local = self.spec.trainer.batch_size // self.world_size
+        if self.sequences:
+            return self._windows(seed, max(1, local // self.spec.dataset.context_size), skip_batches, whole=False)
         return iter(self._stream(seed, local, skip_batches))
 
 
