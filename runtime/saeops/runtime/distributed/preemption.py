@@ -50,6 +50,10 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Block until set or `timeout` seconds pass; True when set."""
+        return self._event.wait(timeout)
+
     def uninstall(self) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)  # type: ignore[arg-type]

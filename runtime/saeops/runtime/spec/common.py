@@ -193,6 +193,9 @@ class MetricsSpec(SpecModel):
     """Serve /metrics."""
     port: int = Field(9400, ge=0, le=65535)
     """Port of /metrics; 0 picks a free port (local runs)."""
+    linger_seconds: int = Field(0, ge=0, le=3600)
+    """Keep serving /metrics this long after training ends, so Prometheus scrapes the final values
+    of a short run (SIGTERM ends the wait)."""
 
 
 class SchedulingFields(SpecModel):

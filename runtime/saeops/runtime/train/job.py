@@ -204,8 +204,19 @@ class TrainingJob:
             artifacts.update(self._after_training(storage, final))
         ctx.barrier()
         if self.metrics is not None:
+            self._linger(stop)
             self.metrics.close()
         return RunResult(final=final, artifacts=artifacts, output_uri=storage.url(""))
+
+    def _linger(self, stop: Any) -> None:
+        """Serve the final metrics a while longer (`spec.metrics.lingerSeconds`), until SIGTERM."""
+        linger = self.spec.metrics.linger_seconds
+        if not linger or self.metrics is None or self.metrics.port is None:
+            return
+        log.info("serving final metrics for %d s more", linger)
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline and not stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            pass
 
     def _after_training(self, storage: Any, final: dict[str, float]) -> dict[str, str]:
         """Optional evaluation (results into metrics.json's `eval`) and analysis report."""
