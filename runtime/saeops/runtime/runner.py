@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from saeops.runtime.spec import SAETrainingRun, SpecError
+from saeops.runtime.spec import DatasetSpec, OutputSpec, SAETrainingRun, SpecError
 
 log = logging.getLogger("saeops.run")
 
@@ -34,11 +34,10 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def open_output(run: SAETrainingRun) -> Any:
-    """Open and probe the output location before any work."""
+def open_output(out: OutputSpec) -> Any:
+    """Open and probe the output location before any work (a bad one is an input error)."""
     from saeops.runtime.storage import StorageError, open_storage
 
-    out = run.spec.output
     try:
         storage = open_storage(out.storage_uri, endpoint_url=out.endpoint_url, region=out.region,
                                path_style=out.force_path_style or None)
@@ -48,8 +47,7 @@ def open_output(run: SAETrainingRun) -> Any:
     return storage
 
 
-def check_dataset(run: SAETrainingRun) -> None:
-    ds = run.spec.dataset
+def check_dataset_path(ds: DatasetSpec | None) -> None:
     if ds is None or ds.path.startswith("builtin:"):
         return
     if not os.path.exists(ds.path):
@@ -66,11 +64,3 @@ def check_hook_points(lm: Any, run: SAETrainingRun) -> None:
             except UnknownHookPointError as e:
                 raise SpecError(f"spec.sae: {e}") from None
             raise SpecError(f"spec.sae: hook point {hp!r} does not exist in model {run.spec.model.name}")
-
-
-def run_training(run: SAETrainingRun, *, progress: bool = True, metrics_port: int | None = None) -> RunResult:
-    """Train the run's dictionary and write its artifacts."""
-    from saeops.runtime.training_job import TrainingJob
-
-    job = TrainingJob(run, progress=progress, metrics_port=metrics_port)
-    return job.run()

@@ -78,13 +78,11 @@ def plot_pareto(sweep: SAESweep, summary: dict[str, Any]) -> bytes | None:
 
 def run_sweep(sweep: SAESweep, *, progress: bool = True) -> int:
     from saeops.operator.sweep import planned_trials, render_trial
-    from saeops.runtime.storage import open_storage
+    from saeops.runtime.runner import open_output
     from saeops.runtime.train.job import TrainingJob
 
     doc = sweep.model_dump(by_alias=True, exclude_none=True, mode="json")
-    out = sweep.spec.trial_template.output
-    storage = open_storage(out.storage_uri, endpoint_url=out.endpoint_url, region=out.region)
-    storage.check_writable()
+    storage = open_output(sweep.spec.trial_template.output)
     n = planned_trials(sweep)
     trials: list[dict[str, Any]] = []
     failed = 0

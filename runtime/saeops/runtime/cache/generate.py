@@ -8,7 +8,6 @@ depends on token ids alone, so tokenisation is enough to count them).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,18 +40,11 @@ def generate_cache(res: ActivationCache, *, progress: bool = True) -> str:
     from saeops.runtime.cache import CacheWriter, format_inspection, inspect_cache
     from saeops.runtime.data import ActivationStream, dataset_identity, load_text_dataset
     from saeops.runtime.lm import load_language_model
-    from saeops.runtime.storage import StorageError, open_storage
+    from saeops.runtime.runner import check_dataset_path, open_output
 
     spec = res.spec
-    out = spec.output
-    try:
-        storage = open_storage(out.storage_uri, endpoint_url=out.endpoint_url, region=out.region,
-                               path_style=out.force_path_style or None)
-        storage.check_writable()
-    except StorageError as e:
-        raise SpecError(f"spec.output.storageUri: {e}") from None
-    if not spec.dataset.path.startswith("builtin:") and not os.path.exists(spec.dataset.path):
-        raise SpecError(f"spec.dataset.path: {spec.dataset.path} does not exist")
+    storage = open_output(spec.output)
+    check_dataset_path(spec.dataset)
     lm = load_language_model(spec.model)
     lm.check_hook_points(spec.hook_points)
     writer = CacheWriter(

@@ -36,7 +36,7 @@ def _preempted(res: SAETrainingRun) -> bool:
     from saeops.runtime.runner import open_output
 
     try:
-        return open_output(res).child("checkpoints").exists(PREEMPTED_MARKER)
+        return open_output(res.spec.output).child("checkpoints").exists(PREEMPTED_MARKER)
     except Exception:  # an unreadable output just means "not known to be preempted"
         return False
 

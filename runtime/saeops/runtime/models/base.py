@@ -237,9 +237,17 @@ class SparseDictionary(nn.Module):
         """`(d_sae,)` L2 norms of the decoder rows (differentiable)."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def load_weights(self, tensors: dict[str, Tensor]) -> None:
-        """Copy tensors named as in `weights_dict` into the parameters (strict)."""
-        raise NotImplementedError
+        """Copy tensors named as in `weights_dict` into the parameters (strict: same names and
+        shapes). `weights_dict` returns detached views, so copying into them fills the parameters."""
+        mine = self.weights_dict()
+        if set(mine) != set(tensors):
+            raise ValueError(f"weights mismatch: expected {sorted(mine)}, got {sorted(tensors)}")
+        for name, t in mine.items():
+            if t.shape != tensors[name].shape:
+                raise ValueError(f"{name}: expected shape {tuple(t.shape)}, got {tuple(tensors[name].shape)}")
+            t.copy_(tensors[name])
 
     @torch.no_grad()
     def set_decoder_norm(self, norm: float | Tensor) -> None:

@@ -253,16 +253,6 @@ class SparseAutoEncoder(SparseDictionary):
             out["log_jumprelu_threshold"] = jump.log_jumprelu_threshold
         return {k: v.detach() for k, v in out.items()}
 
-    @torch.no_grad()
-    def load_weights(self, tensors: dict[str, Tensor]) -> None:
-        """Copy tensors saved by `weights_dict` (strict: same names and shapes)."""
-        mine = self.weights_dict()
-        if set(mine) != set(tensors):
-            raise ValueError(f"weights mismatch: expected {sorted(mine)}, got {sorted(tensors)}")
-        for name, t in mine.items():
-            if t.shape != tensors[name].shape:
-                raise ValueError(f"{name}: expected shape {tuple(t.shape)}, got {tuple(tensors[name].shape)}")
-            t.copy_(tensors[name])
 
 
 __all__ = ["SparseAutoEncoder"]

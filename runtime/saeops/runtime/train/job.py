@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from saeops.runtime.artifacts import write_artifacts
-from saeops.runtime.runner import RunResult, check_dataset, check_hook_points, open_output, pick_device
+from saeops.runtime.runner import RunResult, check_dataset_path, check_hook_points, open_output, pick_device
 from saeops.runtime.spec import SAETrainingRun, SpecError
 from saeops.runtime.telemetry import RunMetrics
 from saeops.runtime.train.checkpoint import Checkpointer
@@ -151,8 +151,8 @@ class TrainingJob:
         from saeops.runtime.distributed.preemption import PREEMPTED_MARKER
 
         spec, ctx = self.spec, self.ctx
-        storage = open_output(self.run)
-        check_dataset(self.run)
+        storage = open_output(spec.output)
+        check_dataset_path(spec.dataset)
         torch.manual_seed(spec.trainer.seed)
         device = ctx.device if ctx.distributed else pick_device(spec.model.device)
         src, dims = self._activation_source(device)
