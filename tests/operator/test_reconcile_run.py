@@ -76,6 +76,15 @@ def test_running_progress_and_metrics_are_strings():
     assert all(isinstance(v, str) for v in st["metrics"].values())
 
 
+def test_running_reports_the_latest_checkpoint():
+    obs = _started()
+    uri = "s3://bucket/runs/q/checkpoints/step-00000100/state.pt"
+    d = reconcile(_with(obs, job=job_with(obs.job, active=1), pods=(pod("p0"),), checkpoint=uri), T0)
+    assert d.status["lastCheckpoint"] == uri
+    d = reconcile(_with(obs, job=job_with(obs.job, active=1), pods=(pod("p0"),)), T0)
+    assert "lastCheckpoint" not in d.status  # nothing recorded yet: nothing claimed
+
+
 def test_job_success_writes_final_metrics_and_artifacts():
     obs = _running()
     summary = {"l0": 32.0, "explained_variance": 0.91, "mse": 0.01, "dead_fraction": 0.0, "tokens": 400000, "seconds": 12.5}

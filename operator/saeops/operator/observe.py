@@ -50,6 +50,19 @@ def _read_summary(uri: str) -> dict[str, Any] | None:
     return final if isinstance(final, dict) else None
 
 
+def _read_checkpoint(uri: str) -> str | None:
+    """URI of the latest checkpoint the runtime recorded (`checkpoints/latest.json`), if any."""
+    try:
+        from saeops.runtime.storage import open_storage  # type: ignore[attr-defined]
+
+        storage = open_storage(uri).child("checkpoints")
+        key = storage.get_json("latest.json").get("key")
+    except Exception as e:
+        log.debug("no checkpoint pointer at %s: %s", uri, type(e).__name__)
+        return None
+    return storage.url(key) if isinstance(key, str) else None
+
+
 def _metrics_port(res: Obj) -> int:
     metrics = ((res.get("spec") or {}).get("metrics")) or {}
     port = metrics.get("port")
@@ -74,18 +87,20 @@ async def observe_run(kube: Kube, res: Obj) -> Observed:
         cache = await kube.get(path_for(names.API, "ActivationCache", ns, ref))
     metrics = None
     summary = None
+    checkpoint = None
     status = res.get("status") or {}
     terminal = status.get("phase") in ("Succeeded", "Failed")
     if job is not None and not terminal:
         rank0 = jobs.rank0_pod(tuple(pods))
         if rank0 is not None:
             metrics = await scrape(rank0, _metrics_port(res))
-        if jobs.job_succeeded(job) and kind == "SAETrainingRun":
-            uri = ((res.get("spec") or {}).get("output") or {}).get("storageUri")
-            if isinstance(uri, str):
+        uri = ((res.get("spec") or {}).get("output") or {}).get("storageUri")
+        if kind == "SAETrainingRun" and isinstance(uri, str):
+            checkpoint = await asyncio.to_thread(_read_checkpoint, uri)
+            if jobs.job_succeeded(job):
                 summary = await asyncio.to_thread(_read_summary, uri)
     return Observed(resource=res, job=job, pods=tuple(pods), configmap=cm, service=svc, cache=cache,
-                    metrics=metrics, summary=summary)
+                    metrics=metrics, summary=summary, checkpoint=checkpoint)
 
 
 async def observe_sweep(kube: Kube, res: Obj) -> ObservedSweep:

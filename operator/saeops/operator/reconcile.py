@@ -291,6 +291,8 @@ class _Run:
         scraped = progress.status_metrics(self.obs.metrics)
         if scraped:
             self.st["metrics"] = scraped
+        if self.obs.checkpoint:
+            self.st["lastCheckpoint"] = self.obs.checkpoint
 
 
 def _total(model: SAETrainingRun | ActivationCache) -> int:

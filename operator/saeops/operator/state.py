@@ -34,6 +34,7 @@ class Observed:
     `cache`: the ActivationCache named by `spec.activations.cacheRef` (None when absent or
     not referenced). `metrics`: samples scraped from the rank-0 pod's /metrics, by metric
     name (None when unreachable). `summary`: the `final` dict of the run's metrics.json.
+    `checkpoint`: URI of the run's latest checkpoint (from `checkpoints/latest.json`).
     """
 
     resource: Obj
@@ -44,6 +45,7 @@ class Observed:
     cache: Obj | None = None
     metrics: dict[str, float] | None = None
     summary: dict[str, Any] | None = None
+    checkpoint: str | None = None
 
 
 @dataclass
