@@ -55,12 +55,10 @@ def check_dataset_path(ds: DatasetSpec | None) -> None:
 
 
 def check_hook_points(lm: Any, run: SAETrainingRun) -> None:
-    for hp in run.spec.sae.hook_points():
-        if not lm.has_hook_point(hp):
-            from saeops.runtime.lm import UnknownHookPointError
+    """Every hook point the dictionary reads or writes exists in the model (did-you-mean on error)."""
+    from saeops.runtime.lm import UnknownHookPointError
 
-            try:
-                lm.d_model(hp)
-            except UnknownHookPointError as e:
-                raise SpecError(f"spec.sae: {e}") from None
-            raise SpecError(f"spec.sae: hook point {hp!r} does not exist in model {run.spec.model.name}")
+    try:
+        lm.check_hook_points(run.spec.sae.hook_points())
+    except UnknownHookPointError as e:
+        raise SpecError(f"spec.sae: {e}") from None

@@ -4,7 +4,6 @@ checkpoints, metrics endpoint and artifacts. Used by `saeops run` and by the pod
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -73,9 +72,8 @@ class TrainingJob:
                     unit="tok", unit_scale=True, desc=self.run.metadata.name, dynamic_ncols=True)
 
     def _serve_metrics(self) -> None:
-        port = self.metrics_port
-        if port is None and os.environ.get("SAEOPS_IN_CLUSTER") and self.spec.metrics.enabled:
-            port = self.spec.metrics.port
+        # `saeops run --metrics-port`, or in pods the operator's SAEOPS_METRICS_PORT (rank 0 only).
+        port = self.metrics_port if self.spec.metrics.enabled else None
         self.metrics = RunMetrics(self.run.metadata.name, self.run.metadata.namespace or "default")
         if port is not None:
             bound = self.metrics.serve(port)
