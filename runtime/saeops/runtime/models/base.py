@@ -295,8 +295,9 @@ class SparseDictionary(nn.Module):
             "d_in": self.d_in,
             "d_out": self.d_out,
             "d_sae": self.d_sae,
-            "norm_factor_in": float(self.norm_factor_in),
-            "norm_factor_out": float(self.norm_factor_out),
+            # A float for scalar factors, a list for per-layer ones (CLT).
+            "norm_factor_in": self.norm_factor_in.tolist(),
+            "norm_factor_out": self.norm_factor_out.tolist(),
         }
 
     def weights_dict(self) -> dict[str, Tensor]:

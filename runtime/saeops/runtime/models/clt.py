@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from saeops.runtime.models import _ops
 from saeops.runtime.models.activation import BatchTopK, JumpReLU, ReLU, TopK
-from saeops.runtime.models.base import FORMAT_VERSION, FeatureActs, LossContext, LossOutput, SparseDictionary
+from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
 from saeops.runtime.models.clt_support import (
     check_layers,
     clt_norm_factor,
@@ -294,19 +294,7 @@ class CrossLayerTranscoder(SparseDictionary):
             jump.log_jumprelu_threshold.sub_(math.log(float(c_t[0])))
 
     def config_dict(self) -> dict[str, Any]:
-        # The base casts the (scalar) factors to float; here they are one per layer.
-        return {
-            "format_version": FORMAT_VERSION,
-            "type": self.dictionary_type,
-            "spec": self.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
-            "d_in": self.d_in,
-            "d_out": self.d_out,
-            "d_sae": self.d_sae,
-            "d_layer": self.d_layer,
-            "n_layers": self.n_layers,
-            "norm_factor_in": self.norm_factor_in.tolist(),
-            "norm_factor_out": self.norm_factor_out.tolist(),
-        }
+        return {**super().config_dict(), "d_layer": self.d_layer, "n_layers": self.n_layers}
 
     def weights_dict(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {"W_enc": self.W_enc, "b_enc": self.b_enc, "b_dec": self.b_dec}
