@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 
 from saeops.runtime.cache import (
     MANIFEST,
     PROGRESS,
+    CacheBatch,
     CacheCorruptError,
     CacheError,
     CacheMismatchError,
@@ -23,7 +25,8 @@ from saeops.runtime.cache import (
     load_manifest,
     shard_key,
 )
-from saeops.runtime.storage import LocalStorage, Storage, open_storage
+from saeops.runtime.cache.format import sha256_hex, verify_shard, xxh3_hex
+from saeops.runtime.storage import BufferPool, LocalStorage, Storage, open_storage
 from tests.cache.helpers import CTX, D_MODEL, HOOKS, IDENTITY, chunks, make_data, row_ids
 
 TPS = 100  # tokens per shard
@@ -37,9 +40,13 @@ def write_cache(storage: Storage | str, data: dict[str, torch.Tensor], *, hooks:
     return w.finalize()
 
 
+def as_dict(b: CacheBatch) -> dict[str, torch.Tensor]:
+    return {**b.by_hook, "tokens": b.tokens, "positions": b.positions, "documents": b.documents,
+            "index": torch.tensor(b.index)}
+
+
 def collect(reader: CacheReader) -> list[dict[str, torch.Tensor]]:
-    return [{**b.by_hook, "tokens": b.tokens, "positions": b.positions, "documents": b.documents,
-             "index": torch.tensor(b.index)} for b in reader]
+    return [as_dict(b) for b in reader]
 
 
 def assert_same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> None:
@@ -80,6 +87,16 @@ def test_layout_and_manifest(local_cache: LocalStorage) -> None:
         assert [e["num_tokens"] for e in m["shards"][h]] == [100] * 10 + [50]
         assert all(sizes[e["key"]] == e["bytes"] and len(e["sha256"]) == 64 for e in m["shards"][h])
     assert m["created_at"].endswith("+00:00")
+
+
+def test_writer_records_both_checksums_of_the_stored_bytes(local_cache: LocalStorage) -> None:
+    m = load_manifest(local_cache)
+    for h in HOOKS:
+        for e in m["shards"][h]:
+            stored = local_cache.get_bytes(e["key"])
+            assert e["xxh3_128"] == xxh3_hex(stored) == xxhash.xxh3_128(stored).hexdigest()
+            assert len(e["xxh3_128"]) == 32
+            assert e["sha256"] == sha256_hex(stored)
 
 
 def test_unshuffled_read_is_the_written_stream(local_cache: LocalStorage, data: dict[str, torch.Tensor]) -> None:
@@ -167,9 +184,9 @@ class CountingStorage(LocalStorage):
         self.reads.append(key)
         return super().get_bytes(key)
 
-    def get_buffer(self, key: str) -> memoryview:
+    def get_buffer(self, key: str, pool: BufferPool | None = None) -> memoryview:
         self.reads.append(key)
-        return super().get_buffer(key)
+        return super().get_buffer(key, pool)
 
 
 def test_resume_from_cursor(local_cache: LocalStorage) -> None:
@@ -209,7 +226,7 @@ def test_corrupted_shard_is_named(local_cache: LocalStorage) -> None:
     with pytest.raises(CacheCorruptError) as e:
         collect(CacheReader(local_cache, HOOKS, batch_size=50, shuffle=False))
     msg = str(e.value)
-    assert entry["key"] in msg and entry["sha256"] in msg and "regenerate" in msg
+    assert entry["key"] in msg and "is corrupt: xxh3_128" in msg and entry["xxh3_128"] in msg and "regenerate" in msg
     assert "\n" not in msg
     # Without verification the bit flip goes unnoticed (the shard still parses).
     assert len(collect(CacheReader(local_cache, HOOKS, batch_size=50, shuffle=False, verify=False))) == 21
@@ -380,5 +397,92 @@ def test_unparseable_shard_without_verification(local_cache: LocalStorage) -> No
     local_cache.put_bytes(key, b"\xff" * 64)
     with pytest.raises(CacheCorruptError, match=f"{key} cannot be parsed"):
         collect(CacheReader(local_cache, HOOKS[0], batch_size=10, shuffle=False, verify=False))
-    with pytest.raises(CacheCorruptError, match=f"{key} is corrupt: sha256"):
+    with pytest.raises(CacheCorruptError, match=f"{key} is corrupt: xxh3_128"):
         inspect_cache(local_cache)
+
+
+# -- caches written before xxh3_128 was recorded -------------------------------------------
+
+
+def _strip_xxh3(record: dict) -> dict:
+    """`record` (manifest or progress) as saeops wrote it before shards carried `xxh3_128`."""
+    for entries in record["shards"].values():
+        for e in entries:
+            del e["xxh3_128"]
+    return record
+
+
+def test_old_manifest_with_only_sha256_still_verifies(local_cache: LocalStorage) -> None:
+    expected = collect(CacheReader(local_cache, HOOKS, batch_size=50, seed=3))
+    local_cache.put_json(MANIFEST, _strip_xxh3(local_cache.get_json(MANIFEST)))
+    assert_same(collect(CacheReader(local_cache, HOOKS, batch_size=50, seed=3)), expected)
+    assert inspect_cache(local_cache)["complete"]
+
+    entry = load_manifest(local_cache)["shards"][HOOKS[0]][5]
+    assert "xxh3_128" not in entry
+    p = local_cache.path(entry["key"])
+    raw = bytearray(p.read_bytes())
+    raw[-3] ^= 0xFF  # same size, still parses: only the checksum notices
+    p.write_bytes(bytes(raw))
+    with pytest.raises(CacheCorruptError) as e:
+        collect(CacheReader(local_cache, HOOKS, batch_size=50, shuffle=False))
+    msg = str(e.value)
+    assert f"{entry['key']} is corrupt: sha256 {sha256_hex(bytes(raw))} but the manifest says {entry['sha256']}" in msg
+    assert msg.endswith("; regenerate the cache") and "\n" not in msg
+    with pytest.raises(CacheCorruptError, match=f"{entry['key']} is corrupt: sha256"):
+        inspect_cache(local_cache, sample_shards=100)
+
+
+def test_writer_resumes_old_progress_with_only_sha256(tmp_path: Path, data: dict[str, torch.Tensor],
+                                                      local_cache: LocalStorage) -> None:
+    st = LocalStorage(tmp_path / "c")
+    w = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)
+    for args in chunks(data, HOOKS):
+        w.write(*args)
+        if w.tokens_written >= 350:
+            break
+    w.close()
+    st.put_json(PROGRESS, _strip_xxh3(st.get_json(PROGRESS)))
+    assert CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY, verify_resume="all").resume_point() == 300
+    last = st.get_json(PROGRESS)["shards"][HOOKS[1]][2]["key"]
+    raw = bytearray(st.get_bytes(last))
+    raw[-1] ^= 1
+    st.path(last).write_bytes(bytes(raw))
+    assert CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY).resume_point() == 200
+    # Finishing it gives a manifest of old (sha256 only) and new (both checksums) entries that reads
+    # exactly like a cache written in one go.
+    w2 = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)
+    for args in chunks(data, HOOKS, skip=w2.resume_point()):
+        w2.write(*args)
+    shards = w2.finalize()["shards"]
+    assert ["xxh3_128" in e for e in shards[HOOKS[0]]] == [False] * 2 + [True] * 9
+    assert_same(collect(CacheReader(st, HOOKS, batch_size=64, seed=9)),
+                collect(CacheReader(local_cache, HOOKS, batch_size=64, seed=9)))
+
+
+def test_verify_shard_prefers_xxh3_and_needs_a_checksum() -> None:
+    data = b"shard bytes"
+    good = {"sha256": sha256_hex(data), "xxh3_128": xxh3_hex(data)}
+    verify_shard(good, data, "file:///c/s")
+    verify_shard({"sha256": good["sha256"]}, bytearray(data), "file:///c/s")
+    verify_shard({"xxh3_128": good["xxh3_128"]}, memoryview(data), "file:///c/s")
+    # With xxh3_128 present only it is checked (sha256 is not computed on the read path).
+    verify_shard({**good, "sha256": "0" * 64}, data, "file:///c/s")
+    with pytest.raises(CacheCorruptError, match=r"^cache shard file:///c/s is corrupt: xxh3_128 [0-9a-f]{32} but the "
+                                                r"manifest says 0{32}; regenerate the cache$"):
+        verify_shard({**good, "xxh3_128": "0" * 32}, data, "file:///c/s")
+    with pytest.raises(CacheCorruptError, match=r"^cache shard file:///c/s has no checksum in the manifest"):
+        verify_shard({"key": "s"}, data, "file:///c/s")
+
+
+def test_pooled_buffers_never_overwrite_batches_still_held(local_cache: LocalStorage) -> None:
+    # The reader reuses shard buffers once nothing references them. Batches kept alive by the
+    # caller (all of them, here, across 3 epochs of 11 shards) must keep their values, equal to
+    # batches cloned the moment they arrived.
+    kept = collect(CacheReader(local_cache, HOOKS, batch_size=64, seed=3, epochs=3, read_ahead=2))
+    cloned = []
+    for b in CacheReader(local_cache, HOOKS, batch_size=64, seed=3, epochs=3, read_ahead=2):
+        cloned.append({k: v.clone() for k, v in as_dict(b).items()})
+        del b
+    assert_same(kept, cloned)
+

@@ -285,3 +285,25 @@ def test_s3_server_down_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
         assert f"cannot reach the S3 endpoint {endpoint} after 3 attempts" in msg, msg
         assert "\n" not in msg
     assert time.monotonic() - t0 < 20
+
+
+def test_buffer_pool_reuses_only_idle_buffers() -> None:
+    import torch
+
+    from saeops.runtime.storage import BufferPool
+
+    pool = BufferPool(max_buffers=2)
+    a, b = pool.take(100), pool.take(100)
+    first, second = id(a.base), id(b.base)
+    assert first != second and len(pool) == 2
+    del a
+    c = pool.take(48)  # smaller requests reuse a larger idle buffer
+    assert id(c.base) == first and c.nbytes == 48
+    view = torch.from_numpy(c).view(torch.float32)[2:5]  # a tensor view keeps it busy
+    del c
+    d = pool.take(60)
+    assert id(d.base) not in (first, second) and len(pool) == 2  # pool full: a plain allocation
+    del view
+    mv = memoryview(pool.take(60))  # so does a memoryview
+    assert id(pool.take(60).base) != id(mv.obj.base)
+    assert pool.take(101).nbytes == 101  # larger than every pooled buffer: a new one

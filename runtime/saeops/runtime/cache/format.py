@@ -8,6 +8,12 @@ Layout under the cache root (any `Storage`):
     _progress.json                            completed shards + checksums while generating
     manifest.json                             written LAST; its presence means "complete"
 
+Each shard entry in the manifest (and in `_progress.json`) records two checksums of the shard's
+bytes: `sha256` (content identity) and `xxh3_128` (a fast non-cryptographic checksum: sha256
+caps read throughput on CPUs without SHA extensions). Readers verify `xxh3_128`, and `sha256`
+for entries without it (caches written before it was added); see `verify_shard`. The field is
+additive, so `FORMAT_VERSION` stays 1: older saeops versions read such caches via `sha256`.
+
 All hook points are written in lockstep: shard i of every hook point holds the same tokens.
 Every shard except the last one of each hook point holds exactly `tokens_per_shard` rows.
 """
@@ -21,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import xxhash
 
 from saeops.runtime.storage import KeyNotFound, Storage
 
@@ -40,6 +47,8 @@ __all__ = [
     "load_manifest",
     "sha256_hex",
     "shard_key",
+    "verify_shard",
+    "xxh3_hex",
 ]
 
 FORMAT = "saeops-activation-cache"
@@ -78,6 +87,39 @@ def shard_key(hook_point: str, index: int) -> str:
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     """Hex SHA-256 of `data` (hashlib releases the GIL, so this parallelises across threads)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def xxh3_hex(data: bytes | bytearray | memoryview) -> str:
+    """Hex XXH3-128 of `data`: a fast non-cryptographic checksum (xxhash releases the GIL too)."""
+    return xxhash.xxh3_128(data).hexdigest()
+
+
+# Checksums a shard entry may carry, fastest first: `verify_shard` checks the first one present.
+_CHECKSUMS = (("xxh3_128", xxh3_hex), ("sha256", sha256_hex))
+
+
+def verify_shard(entry: Mapping[str, Any], data: bytes | bytearray | memoryview, url: str) -> None:
+    """Check `data` against the checksum a manifest/progress shard `entry` records.
+
+    Uses `xxh3_128` when the entry has it, else `sha256` (entries written before `xxh3_128`
+    existed). Raises `CacheCorruptError` naming `url` (the shard) on a mismatch, or when the
+    entry records no checksum at all.
+    """
+    for algo, digest in _CHECKSUMS:
+        expected = entry.get(algo)
+        if expected is None:
+            continue
+        actual = digest(data)
+        if actual != expected:
+            raise CacheCorruptError(
+                f"cache shard {url} is corrupt: {algo} {actual} but the manifest says {expected}; "
+                "regenerate the cache"
+            )
+        return
+    raise CacheCorruptError(
+        f"cache shard {url} has no checksum in the manifest (expected {' or '.join(a for a, _ in _CHECKSUMS)}); "
+        "regenerate the cache"
+    )
 
 
 _ST_DTYPES: dict[str, torch.dtype] = {

@@ -11,10 +11,9 @@ import torch
 from saeops.runtime.cache.format import (
     MANIFEST,
     PROGRESS,
-    CacheCorruptError,
     IncompleteCacheError,
     load_manifest,
-    sha256_hex,
+    verify_shard,
 )
 from saeops.runtime.storage import KeyNotFound, Storage, open_storage
 
@@ -68,11 +67,8 @@ def inspect_cache(uri: str | Storage, *, sample_shards: int = 4, verify: bool = 
         for i in picked:
             entry = shards[i]
             data = storage.get_bytes(entry["key"])
-            if verify and sha256_hex(data) != entry["sha256"]:
-                raise CacheCorruptError(
-                    f"cache shard {storage.url(entry['key'])} is corrupt: sha256 {sha256_hex(data)} but the "
-                    f"manifest says {entry['sha256']}; regenerate the cache"
-                )
+            if verify:
+                verify_shard(entry, data, storage.url(entry["key"]))
             x = safetensors.torch.load(data)["activations"].to(torch.float64)
             sumsq += (x * x).sum(0)
             norm_sum += float(x.norm(dim=1).sum())

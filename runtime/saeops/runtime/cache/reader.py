@@ -18,9 +18,9 @@ from saeops.runtime.cache.format import (
     decode_shard,
     dtype_from_name,
     load_manifest,
-    sha256_hex,
+    verify_shard,
 )
-from saeops.runtime.storage import KeyNotFound, Storage, open_storage
+from saeops.runtime.storage import BufferPool, KeyNotFound, Storage, open_storage
 
 __all__ = ["CacheBatch", "CacheReader"]
 
@@ -59,8 +59,11 @@ class CacheReader:
     an epoch is dropped. `start_batch` resumes at a batch cursor, skipping whole shards
     without reading them. `epochs=None` repeats forever.
 
-    Read-ahead: up to `read_ahead` shards are downloaded, checksummed (`verify`), parsed and
-    permuted on worker threads while the caller consumes the current one.
+    Read-ahead: up to `read_ahead` shards are downloaded, checksummed (`verify`: the manifest's
+    `xxh3_128`, or `sha256` for caches written before it existed), parsed and
+    permuted on worker threads while the caller consumes the current one. Shard buffers (reads and
+    shuffled copies) come from a pool of at most `2 * read_ahead + 4` and are reused once no
+    batch references them: fresh shard-sized allocations are page-faulted on every shard.
     """
 
     def __init__(
@@ -73,7 +76,7 @@ class CacheReader:
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
-        read_ahead: int = 2,
+        read_ahead: int = 4,
         verify: bool = True,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
@@ -113,6 +116,8 @@ class CacheReader:
         self.dtype = dtype
         self.shuffle = shuffle
         self.epochs = epochs
+        # Shard-sized buffers (reads and shuffled copies) reused once their batches are gone.
+        self._pool = BufferPool(max_buffers=2 * self.read_ahead + 4)
         if self.batches_per_epoch(0) == 0:
             raise CacheError(
                 f"cache {self.storage.uri} gives rank {rank} fewer than batch_size={batch_size} tokens "
@@ -151,19 +156,14 @@ class CacheReader:
         for j, h in enumerate(self.hook_points):
             entry = self.shards[h][shard]
             try:
-                data = self.storage.get_buffer(entry["key"])
+                data = self.storage.get_buffer(entry["key"], self._pool)
             except KeyNotFound:
                 raise CacheCorruptError(
                     f"cache shard {self.storage.url(entry['key'])} listed in the manifest is missing; "
                     "regenerate the cache"
                 ) from None
             if self.verify:
-                actual = sha256_hex(data)
-                if actual != entry["sha256"]:
-                    raise CacheCorruptError(
-                        f"cache shard {self.storage.url(entry['key'])} is corrupt: sha256 {actual} but the "
-                        f"manifest says {entry['sha256']}; regenerate the cache"
-                    )
+                verify_shard(entry, data, self.storage.url(entry["key"]))  # xxh3_128, else sha256
             try:
                 tensors = decode_shard(data)  # views into `data`: no copy
             except Exception as e:
@@ -185,7 +185,7 @@ class CacheReader:
                     f"(or token fields of another length), manifest says ({n}, {d}); regenerate the cache"
                 )
             if perm is not None:
-                acts = acts.index_select(0, perm)
+                acts = self._permuted(acts, perm)
             if self.dtype is not None and acts.dtype != self.dtype:
                 acts = acts.to(self.dtype)
             out[h] = acts
@@ -196,6 +196,12 @@ class CacheReader:
         if self.device.type == "cuda":
             out = {k: v.pin_memory() for k, v in out.items()}
         return out
+
+    def _permuted(self, t: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """`t[perm]` into a pooled buffer (a fresh one would be page-faulted on every shard)."""
+        buf = self._pool.take(t.numel() * t.element_size())
+        out = torch.from_numpy(buf).view(t.dtype).view(t.shape)
+        return torch.index_select(t, 0, perm, out=out)
 
     # -- iteration -------------------------------------------------------------------------
 

@@ -18,12 +18,15 @@ from saeops.runtime.cache.format import (
     FORMAT_VERSION,
     MANIFEST,
     PROGRESS,
+    CacheCorruptError,
     CacheError,
     CacheMismatchError,
     dtype_from_name,
     dtype_name,
     sha256_hex,
     shard_key,
+    verify_shard,
+    xxh3_hex,
 )
 from saeops.runtime.storage import KeyNotFound, Storage, open_storage
 
@@ -128,8 +131,9 @@ class CacheWriter:
 
         Reads `_progress.json`, checks every recorded shard exists with the recorded size (one
         listing) and, per `verify_resume`, re-hashes the last (`"last"`) or every (`"all"`)
-        recorded shard. Shards from the first bad one on are rewritten. A complete cache
-        (manifest present, same settings) returns its total and makes `write` an error.
+        recorded shard (`verify_shard`: `xxh3_128`, or `sha256` for shards recorded without it).
+        Shards from the first bad one on are rewritten. A complete cache (manifest present, same
+        settings) returns its total and makes `write` an error.
         """
         if self._resumed is not None:
             return self._resumed
@@ -161,8 +165,11 @@ class CacheWriter:
             if done and self.verify_resume != "none":
                 first = 0 if self.verify_resume == "all" else done - 1
                 for i in range(first, done):
-                    if not all(sha256_hex(self.storage.get_bytes(recorded[h][i]["key"])) == recorded[h][i]["sha256"]
-                               for h in self.hook_points):
+                    try:
+                        for h in self.hook_points:
+                            e = recorded[h][i]
+                            verify_shard(e, self.storage.get_bytes(e["key"]), self.storage.url(e["key"]))
+                    except CacheCorruptError:
                         done = i
                         break
             self._shards = {h: list(recorded[h][:done]) for h in self.hook_points}
@@ -249,8 +256,9 @@ class CacheWriter:
             )
             key = shard_key(h, index)
             self.storage.put_bytes(key, data)
+            # sha256: content identity; xxh3_128: what readers verify (fast).
             entries[h] = {"key": key, "num_tokens": int(rows["tokens"].shape[0]), "sha256": sha256_hex(data),
-                          "bytes": len(data)}
+                          "xxh3_128": xxh3_hex(data), "bytes": len(data)}
         for h in self.hook_points:
             self._shards[h].append(entries[h])
         if record_progress:

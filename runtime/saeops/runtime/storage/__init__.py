@@ -12,10 +12,12 @@ import os
 from urllib.parse import unquote, urlparse
 
 from saeops.runtime.storage.base import KeyNotFound, Storage, StorageError, join_key, normalize_key
+from saeops.runtime.storage.buffers import BufferPool
 from saeops.runtime.storage.local import LocalStorage
 from saeops.runtime.storage.s3 import S3Storage
 
 __all__ = [
+    "BufferPool",
     "KeyNotFound",
     "LocalStorage",
     "S3Storage",

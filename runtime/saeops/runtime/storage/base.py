@@ -10,7 +10,10 @@ import json
 import posixpath
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from saeops.runtime.storage.buffers import BufferPool
 
 __all__ = ["KeyNotFound", "Storage", "StorageError", "join_key", "normalize_key"]
 
@@ -63,10 +66,11 @@ class Storage(ABC):
     def get_bytes(self, key: str) -> bytes:
         """Read the whole object at `key`; raises `KeyNotFound` when absent."""
 
-    def get_buffer(self, key: str) -> bytearray | memoryview:
+    def get_buffer(self, key: str, pool: BufferPool | None = None) -> bytearray | memoryview:
         """Like `get_bytes`, but a writable buffer that backends fill without an extra copy.
 
-        Readers wrap it with `torch.frombuffer` instead of copying large objects again.
+        Readers wrap it with `torch.frombuffer` instead of copying large objects again. With a
+        `pool`, backends that know the size up front read into a reused buffer from it.
         """
         return bytearray(self.get_bytes(key))
 

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from saeops.runtime.storage.base import KeyNotFound, Storage, StorageError, normalize_key
+from saeops.runtime.storage.buffers import BufferPool
 
 __all__ = ["DEFAULT_MULTIPART_CHUNKSIZE", "DEFAULT_MULTIPART_THRESHOLD", "S3Storage"]
 
@@ -222,7 +223,7 @@ class S3Storage(Storage):
     def get_bytes(self, key: str) -> bytes:
         return self._download(key).getvalue()
 
-    def get_buffer(self, key: str) -> memoryview:
+    def get_buffer(self, key: str, pool: BufferPool | None = None) -> memoryview:
         # A writable view of the BytesIO's own buffer: no copy (the view keeps it alive).
         return self._download(key).getbuffer()
 
