@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--adam", choices=["fused", "foreach", "loop"], default="fused")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", action="store_true", help="kernel-time table of one sparse step per backend")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -80,6 +81,20 @@ def main() -> None:
 
         rows[f"  decode fwd+bwd ({be})"] = timed(decode_bwd, args.warmup, args.iters, sync)
     report(rows, "GEMM x @ W_enc (floor)", "dense step (autograd)")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        for be in backends:
+            step = step_fn(sae, opt, lambda be=be: sparse_loss(sae, x, args.k, be))
+            with profile(activities=activities) as prof:
+                for _ in range(3):
+                    step()
+                sync()
+            print(f"-- profile: sparse step ({be}), 3 steps")
+            print(prof.key_averages().table(sort_by=sort, row_limit=14, max_name_column_width=60))
 
 
 if __name__ == "__main__":

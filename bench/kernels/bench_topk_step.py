@@ -5,8 +5,16 @@
 
 A step is forward + backward + optimizer step of `x_hat = decode(topk(encode(x - b_dec)))`
 with an MSE loss, selection on pre-activations scaled by decoder norms (as saeops' SAE
-does). "GEMM" is `x @ W_enc` alone: no training step can be cheaper than its own forward
-matmul, so step / GEMM says how close to the floor a path gets. Medians after warm-up.
+does). No training step can be cheaper than its own encoder matmul, so step / GEMM says how
+close to that floor a path gets. Two floors:
+
+  GEMM x @ W_enc           the dense encoder matmul as any framework evaluates it (a fresh
+                           [B, d_sae] output each call, as in every peer's encoder)
+  GEMM into a buffer       `torch.mm(x, W_enc, out=buf)`: the same product with the output's
+                           page faults removed; the strictest floor
+
+The paths are timed interleaved (one of each per round, so a slow spell of a shared machine
+hits all of them) and each ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -70,15 +78,24 @@ def make_optimizer(sae: SAE, kind: str) -> torch.optim.Optimizer:
 
 
 def timed(fn: Callable[[], object], warmup: int, iters: int, sync: Callable[[], None]) -> list[float]:
+    return interleaved({"_": fn}, warmup, iters, sync)["_"]
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], warmup: int, iters: int, sync: Callable[[], None]
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed round-robin: one call of each per round."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     sync()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -92,12 +109,29 @@ def step_fn(sae: SAE, opt: torch.optim.Optimizer, loss_fn: Callable[[], Tensor])
     return step
 
 
-def report(rows: dict[str, list[float]], gemm: str, dense: str | None) -> None:
+def report(
+    rows: dict[str, list[float]],
+    gemm: str,
+    dense: str | None,
+    floors: tuple[str, ...] = (),
+    paired: Collection[str] = (),
+) -> None:
+    """Print medians and ratios; rows named in `paired` were timed in the same rounds, so
+    their ratios are medians of per-round ratios."""
     med = {name: statistics.median(ts) for name, ts in rows.items()}
-    print(f"{'path':<28}{'median ms':>11}{'min ms':>9}{'/ GEMM':>9}{'/ dense':>9}")
+
+    def _ratio(a: str, b: str) -> float:
+        if a in paired and b in paired:
+            return statistics.median(x / y for x, y in zip(rows[a], rows[b], strict=True))
+        return med[a] / med[b]
+
+    cols = [gemm, *floors]
+    head = "".join(f"{'/ ' + ('GEMM' if c == gemm else 'buffer GEMM'):>14}" for c in cols)
+    print(f"{'path':<30}{'median ms':>11}{'min ms':>9}{head}{'/ dense':>9}")
     for name, ts in rows.items():
-        rel_dense = f"{med[name] / med[dense]:9.2f}" if dense and dense in med else f"{'':>9}"
-        print(f"{name:<28}{med[name] * 1e3:11.1f}{min(ts) * 1e3:9.1f}{med[name] / med[gemm]:9.2f}{rel_dense}")
+        rel = "".join(f"{_ratio(name, c):14.2f}" for c in cols)
+        rel_dense = f"{_ratio(name, dense):9.2f}" if dense and dense in rows else f"{'':>9}"
+        print(f"{name:<30}{med[name] * 1e3:11.1f}{min(ts) * 1e3:9.1f}{rel}{rel_dense}")
 
 
 def main() -> None:
@@ -109,7 +143,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--iters", type=int, default=9)
     ap.add_argument("--adam", choices=["fused", "foreach", "loop"], default="fused")
     ap.add_argument("--skip-dense", action="store_true", help="skip the (slow) dense path")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of the sparse step")
@@ -122,25 +156,30 @@ def main() -> None:
     sae = SAE.create(args.d_model, d_sae, dtype, "cpu")
     print(
         f"TopK SAE d_model={args.d_model} d_sae={d_sae} k={args.k} batch={args.batch} {args.dtype} "
-        f"threads={torch.get_num_threads()} adam={args.adam}; {args.iters} iters after {args.warmup} warm-up"
+        f"threads={torch.get_num_threads()} adam={args.adam}; {args.iters} rounds after {args.warmup} warm-up"
     )
 
     def noop() -> None:
         pass
 
-    rows: dict[str, list[float]] = {}
-    rows["GEMM x @ W_enc (floor)"] = timed(lambda: x @ sae.W_enc, args.warmup, args.iters, noop)
     opt = make_optimizer(sae, args.adam)
     for p in sae.params():
         p.grad = torch.zeros_like(p)
-    rows[f"Adam step ({args.adam})"] = timed(opt.step, args.warmup, args.iters, noop)
+    adam = timed(opt.step, args.warmup, args.iters, noop)
     opt.zero_grad(set_to_none=True)
+    buf = torch.empty(args.batch, d_sae, dtype=dtype)
     sparse_step = step_fn(sae, opt, lambda: sparse_loss(sae, x, args.k))
-    rows["sparse step (saeops torch)"] = timed(sparse_step, args.warmup, args.iters, noop)
+    fns: dict[str, Callable[[], object]] = {
+        "GEMM x @ W_enc (floor)": lambda: x @ sae.W_enc,
+        "GEMM into a buffer": lambda: torch.mm(x, sae.W_enc.detach(), out=buf),
+        "sparse step (saeops torch)": sparse_step,
+    }
     if not args.skip_dense:
-        dense_step = step_fn(sae, opt, lambda: dense_loss(sae, x, args.k))
-        rows["dense step (autograd)"] = timed(dense_step, args.warmup, max(3, args.iters // 2), noop)
-    report(rows, "GEMM x @ W_enc (floor)", None if args.skip_dense else "dense step (autograd)")
+        fns["dense step (autograd)"] = step_fn(sae, opt, lambda: dense_loss(sae, x, args.k))
+    rows = interleaved(fns, args.warmup, args.iters, noop)
+    rows[f"Adam step ({args.adam})"] = adam
+    report(rows, "GEMM x @ W_enc (floor)", None if args.skip_dense else "dense step (autograd)",
+           floors=("GEMM into a buffer",), paired=fns.keys())
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

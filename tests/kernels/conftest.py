@@ -3,6 +3,9 @@
 TRITON_INTERPRET must be set before `@triton.jit` decorates the kernels, i.e. before
 `saeops.kernels.triton_ops` is first imported; `saeops.kernels` imports it lazily, and the
 `triton_interpreted` fixture reloads it if something imported it earlier without the flag.
+
+`SAEOPS_TEST_DEVICE=cuda` runs the same tests on a GPU instead (compiled Triton, tensors
+created on CUDA by default): `bench/kernels/gpu_check.sh` does this on a lent GPU.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import os
 from collections.abc import Iterator
 from types import ModuleType
 
-os.environ["TRITON_INTERPRET"] = "1"
+TEST_DEVICE = os.environ.get("SAEOPS_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest
-import torch
+import pytest  # noqa: E402 (TRITON_INTERPRET first)
+import torch  # noqa: E402
 
-from saeops.kernels import _backend
+from saeops.kernels import _backend  # noqa: E402
 
 HAS_TRITON = _backend.triton_available()
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -30,15 +35,24 @@ FAST_BACKENDS = [
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
+def _seed_and_device() -> Iterator[None]:
     torch.manual_seed(0)
-    yield
+    if TEST_DEVICE == "cpu":
+        yield
+        return
+    torch.set_default_device(TEST_DEVICE)
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
 
 
 @pytest.fixture(scope="session")
 def triton_interpreted() -> ModuleType:
     from saeops.kernels import triton_ops
 
+    if TEST_DEVICE != "cpu":
+        return triton_ops  # compiled for the GPU
     if type(triton_ops._gather_sum_kernel).__name__ != "InterpretedFunction":
         triton_ops = importlib.reload(triton_ops)
     return triton_ops

@@ -113,3 +113,19 @@ def test_gather_dot_fallback_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch_ops, "CHUNK_BYTES", 5 * 37 * 4 * 2)  # two rows per chunk
     monkeypatch.setattr(torch_ops, "USE_FUSED_DOT", False)
     torch.testing.assert_close(torch_ops.gather_dot(indices, rows, table), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("block", [7, 64, 512], ids=lambda b: f"block{b}")
+def test_transposed_scatter_matches_scatter(
+    dtype: torch.dtype, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 7 and 64 latents over n=150: ragged last blocks, latents no entry points at.
+    from saeops.kernels import torch_ops
+
+    monkeypatch.setattr(torch_ops, "SCATTER_T_BLOCK", block)
+    indices, weights, _table, rows = _inputs(9, 6, 33, 150, dtype)
+    indices[0, :3] = 149  # duplicates into the last latent
+    out = torch_ops.scatter_sum_t(indices, weights, rows, 150, dtype)
+    assert out.shape == (33, 150) and out.is_contiguous() and out.dtype == dtype
+    _close(out.t(), _naive_scatter_sum(indices, weights, rows, 150), dtype)

@@ -8,6 +8,7 @@ beat a hand-written GEMM); only the sparse parts differ.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -21,19 +22,21 @@ FUSABLE_SCALE_DTYPES = (torch.float32, torch.float64)
 
 
 class _Workspace:
-    """One reusable CPU buffer for the [B, d_sae] scores: fresh 100+ MB allocations are
-    mmapped and page-faulted on every step, which costs as much as a fifth of the GEMM."""
+    """Reusable CPU buffers for the forward's large temporaries (the [B, d_sae] scores, the
+    scaled encoder): fresh 30+ MB allocations are mmapped and page-faulted on every step,
+    which costs as much as a fifth of the GEMM. Buffers are named; a name's buffer is
+    overwritten by the next call that asks for it, so only temporaries live here."""
 
     def __init__(self) -> None:
-        self.buffers: dict[torch.dtype, Tensor] = {}
+        self.buffers: dict[tuple[str, torch.dtype], Tensor] = {}
 
-    def get(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor | None:
         if device.type != "cpu":
             return None  # the CUDA caching allocator already reuses memory
-        numel = shape[0] * shape[1]
-        buf = self.buffers.get(dtype)
+        numel = math.prod(shape)
+        buf = self.buffers.get((name, dtype))
         if buf is None or buf.numel() < numel:
-            buf = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+            buf = self.buffers[(name, dtype)] = torch.empty(numel, dtype=dtype)
         return buf[:numel].view(shape)
 
     def clear(self) -> None:
@@ -53,7 +56,7 @@ def encoder_scores(
     callers recover `pre` at the selected entries as `scores / s` (within an ulp).
     """
     shape = (x_c.shape[0], W_enc.shape[1])
-    out = WORKSPACE.get(shape, W_enc.dtype, W_enc.device)
+    out = WORKSPACE.get("scores", shape, W_enc.dtype, W_enc.device)
     if score_scale is None:
         return torch.addmm(b_enc, x_c, W_enc, out=out) if out is not None else torch.addmm(
             b_enc, x_c, W_enc
@@ -62,10 +65,24 @@ def encoder_scores(
     if W_enc.dtype in FUSABLE_SCALE_DTYPES and bool((s > 0).all()):
         if out is None:
             return torch.addmm(b_enc * s, x_c, W_enc * s), None
-        return torch.addmm(b_enc * s, x_c, W_enc * s, out=out), None
+        return torch.addmm(b_enc * s, x_c, _scaled_columns(W_enc, s), out=out), None
     pre = torch.addmm(b_enc, x_c, W_enc)
     scores = torch.mul(pre, s, out=out) if out is not None else pre * s
     return scores, pre
+
+
+def _scaled_columns(W: Tensor, s: Tensor) -> Tensor:
+    """`W * s` in W's own layout (row-major or latent-major), into a reused CPU buffer."""
+    buf = WORKSPACE.get("scaled_W_enc", (W.numel(),), W.dtype, W.device)
+    if buf is None:
+        return W * s
+    if W.is_contiguous():
+        out = buf.view(W.shape)
+    elif W.t().is_contiguous():
+        out = buf.view(W.shape[1], W.shape[0]).t()
+    else:
+        return W * s
+    return torch.mul(W, s, out=out)
 
 
 class SparseDecode(torch.autograd.Function):
@@ -162,7 +179,15 @@ class SparseEncode(torch.autograd.Function):
         )
         g_x = g_W = g_b = g_bias = None
         if ctx.needs_input_grad[1]:
-            g_W = prims.scatter_sum(indices, g, x_c, d_sae).to(W_enc.dtype).t()
+            if W_enc.stride(0) == 1 or not hasattr(prims, "scatter_sum_t"):
+                # W_enc is a transposed view of a [d_sae, d_in] tensor (or the backend has no
+                # transposed scatter): the [d_sae, d_in] scatter's transpose is its layout.
+                g_W = prims.scatter_sum(indices, g, x_c, d_sae).to(W_enc.dtype).t()
+            else:
+                # Row-major W_enc: build the gradient in that layout directly; a transposed
+                # gradient would be copied by autograd to the parameter's layout (a slow
+                # strided pass over d_in x d_sae).
+                g_W = prims.scatter_sum_t(indices, g, x_c, d_sae, W_enc.dtype)
         need_b = ctx.needs_input_grad[2] or (ctx.has_input_bias and ctx.needs_input_grad[4])
         if need_b:
             gb32 = torch.zeros(d_sae, dtype=torch.float32, device=g.device)

@@ -5,6 +5,8 @@ Every primitive works on the padded sparse format `indices[B, k]` (int64), `weig
 - `gather_sum(indices, weights, table)[b] = sum_j weights[b, j] * table[indices[b, j]]`
 - `gather_dot(indices, rows, table)[b, j] = <rows[b], table[indices[b, j]]>`
 - `scatter_sum(indices, weights, rows, n)[i] = sum_{(b, j): indices[b, j] = i} weights[b, j] * rows[b]`
+- `scatter_sum_t(indices, weights, rows, n, dtype)`: the same, transposed to `[d, n]` (optional
+  in a backend; the encoder uses it for a row-major W_enc's gradient)
 
 All three avoid the dense `[B, n]` matrix and any `[B, k, d]` intermediate on the hot path:
 `gather_sum` is an embedding bag, `gather_dot` is the embedding bag's fused per-sample-weight
@@ -105,12 +107,38 @@ class _SortCache:
 _SORTS = _SortCache()
 
 
-def scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
-    """`[n, d]` (fp32 for half inputs) sum of weighted rows into their indices' slots."""
+def _bags(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Entries sorted by index as embedding bags: (batch row of each entry, its weight, bag
+    offsets, the table of rows in the accumulation dtype)."""
     order, offsets = _SORTS.get(indices, n)
-    k = indices.shape[1]
     acc = _acc_dtype(rows.dtype)
     # Bag i holds the batch rows whose entries point at i (entries sorted by index).
-    bag_rows = torch.div(order, k, rounding_mode="floor")
-    w = weights.reshape(-1).to(acc)[order]
-    return F.embedding_bag(bag_rows, rows.to(acc).contiguous(), offsets, per_sample_weights=w, mode="sum")
+    bag_rows = torch.div(order, indices.shape[1], rounding_mode="floor")
+    return bag_rows, weights.reshape(-1).to(acc)[order], offsets, rows.to(acc).contiguous()
+
+
+def scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """`[n, d]` (fp32 for half inputs) sum of weighted rows into their indices' slots."""
+    bag_rows, w, offsets, table = _bags(indices, weights, rows, n)
+    return F.embedding_bag(bag_rows, table, offsets, per_sample_weights=w, mode="sum")
+
+
+# Output rows per block in `scatter_sum_t`: a [512, d] block stays in L2 while it is transposed.
+SCATTER_T_BLOCK = 512
+
+
+def scatter_sum_t(indices: Tensor, weights: Tensor, rows: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """`scatter_sum(...).t()` as a contiguous `[d, n]` tensor of `dtype` (a row-major W_enc's
+    gradient). On CPU it is built block by block, each block transposed while cache-resident:
+    about half the cost of a whole-matrix strided copy."""
+    if rows.device.type != "cpu":
+        return scatter_sum(indices, weights, rows, n).to(dtype).t().contiguous()
+    bag_rows, w, offsets, table = _bags(indices, weights, rows, n)
+    out = torch.empty(rows.shape[1], n, dtype=dtype, device=rows.device)
+    bounds = torch.cat([offsets[::SCATTER_T_BLOCK], offsets.new_tensor([bag_rows.numel()])]).tolist()
+    for b, i0 in enumerate(range(0, n, SCATTER_T_BLOCK)):
+        i1 = min(n, i0 + SCATTER_T_BLOCK)
+        s, e = bounds[b], bounds[b + 1]
+        block = F.embedding_bag(bag_rows[s:e], table, offsets[i0:i1] - s, per_sample_weights=w[s:e], mode="sum")
+        out[:, i0:i1].copy_(block.t())
+    return out
