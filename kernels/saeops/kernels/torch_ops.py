@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-# Bytes allowed for a gathered [rows, k, d] block in the chunked fallback of gather_dot.
+# Bytes allowed for a gathered [rows, k, d] block in the chunked fallback of gather_dot: cache
+# sized on CPU; on a GPU small chunks only multiply kernel launches (bf16 at d_sae 131072 took
+# 500+ launches per call with 8 MB).
 CHUNK_BYTES = 8 << 20
+CHUNK_BYTES_GPU = 512 << 20
 # Use aten's fused per-sample-weight gradient for gather_dot (private; tests switch it off).
 USE_FUSED_DOT = True
 
@@ -51,7 +54,9 @@ def gather_dot(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
     """`[B, k]` dot products of each row with its gathered table rows."""
     B, k = indices.shape
     acc = _acc_dtype(table.dtype)
-    if USE_FUSED_DOT and acc == table.dtype and rows.dtype == table.dtype and B * k > 0:
+    # CUDA's kernel accumulates half types in fp32 (at::acc_type); the CPU one is used for fp32 only.
+    fused_ok = acc == table.dtype or rows.device.type == "cuda"
+    if USE_FUSED_DOT and fused_ok and rows.dtype == table.dtype and B * k > 0:
         # The gradient kernel of embedding_bag w.r.t. per_sample_weights computes exactly these
         # dot products in one fused pass (no [B, k, d] gather); private, hence the fallback.
         op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
@@ -63,7 +68,8 @@ def gather_dot(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
             except RuntimeError:
                 pass
     out = torch.empty(B, k, dtype=acc, device=rows.device)
-    step = max(1, CHUNK_BYTES // max(1, k * table.shape[1] * 4))
+    budget = CHUNK_BYTES if rows.device.type == "cpu" else CHUNK_BYTES_GPU
+    step = max(1, budget // max(1, k * table.shape[1] * 4))
     for s in range(0, B, step):
         gathered = table.index_select(0, indices[s : s + step].reshape(-1)).to(acc)
         gathered = gathered.view(-1, k, table.shape[1])
@@ -95,7 +101,7 @@ class _SortCache:
         if self.value is not None and self.key == key:
             return self.value
         flat = indices.reshape(-1)
-        order = torch.argsort(flat)
+        order = torch.argsort(flat, stable=True)  # stable: a fixed summation order per bag
         counts = torch.bincount(flat, minlength=n)
         if counts.numel() != n:
             raise IndexError(f"indices out of range for {n} rows")
