@@ -154,9 +154,13 @@ def main() -> None:
     dtype, d_sae = DTYPES[args.dtype], args.d_model * args.expansion
     x = torch.randn(args.batch, args.d_model, dtype=dtype)
     sae = SAE.create(args.d_model, d_sae, dtype, "cpu")
+    from saeops.kernels import cpu_ext
+
+    ext = "on" if cpu_ext.module() is not None else "off (SAEOPS_CPU_EXT=0 or no compiler)"
     print(
         f"TopK SAE d_model={args.d_model} d_sae={d_sae} k={args.k} batch={args.batch} {args.dtype} "
-        f"threads={torch.get_num_threads()} adam={args.adam}; {args.iters} rounds after {args.warmup} warm-up"
+        f"threads={torch.get_num_threads()} adam={args.adam}; {args.iters} rounds after {args.warmup} warm-up; "
+        f"C++ CPU kernels {ext}"
     )
 
     def noop() -> None:
@@ -172,7 +176,7 @@ def main() -> None:
     fns: dict[str, Callable[[], object]] = {
         "GEMM x @ W_enc (floor)": lambda: x @ sae.W_enc,
         "GEMM into a buffer": lambda: torch.mm(x, sae.W_enc.detach(), out=buf),
-        "sparse step (saeops torch)": sparse_step,
+        "sparse step (saeops CPU)": sparse_step,
     }
     if not args.skip_dense:
         fns["dense step (autograd)"] = step_fn(sae, opt, lambda: dense_loss(sae, x, args.k))

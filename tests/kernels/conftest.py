@@ -29,7 +29,8 @@ requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not insta
 
 # Backends with their own kernels; "reference" is what they are compared against.
 FAST_BACKENDS = [
-    pytest.param("torch", id="torch"),
+    pytest.param("torch", id="torch"),  # with the C++ CPU kernels where they apply (fp32/fp64)
+    pytest.param("torch-noext", id="torch-noext"),  # the pure torch path (SAEOPS_CPU_EXT=0)
     pytest.param("triton", id="triton", marks=requires_triton),
 ]
 
@@ -59,10 +60,13 @@ def triton_interpreted() -> ModuleType:
 
 
 @pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     name: str = request.param
     if name == "triton":
         request.getfixturevalue("triton_interpreted")
+    if name == "torch-noext":
+        monkeypatch.setenv("SAEOPS_CPU_EXT", "0")
+        return "torch"
     return name
 
 

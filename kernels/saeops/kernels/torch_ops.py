@@ -7,6 +7,11 @@ Every primitive works on the padded sparse format `indices[B, k]` (int64), `weig
 - `scatter_sum(indices, weights, rows, n)[i] = sum_{(b, j): indices[b, j] = i} weights[b, j] * rows[b]`
 - `scatter_sum_t(indices, weights, rows, n, dtype)`: the same, transposed to `[d, n]` (optional
   in a backend; the encoder uses it for a row-major W_enc's gradient)
+- `decode_backward(...)`: gather_dot and scatter_sum of the decoder in one pass (optional;
+  None where it does not apply)
+
+On CPU with fp32/fp64 tensors the last two, and the encoder's selection, run C++ kernels
+(`cpu_ext`, compiled on first use) when they can be built; everything else is torch.
 
 All three avoid the dense `[B, n]` matrix and any `[B, k, d]` intermediate on the hot path:
 `gather_sum` is an embedding bag, `gather_dot` is the embedding bag's fused per-sample-weight
@@ -16,9 +21,13 @@ gradient, and `scatter_sum` sorts the entries by index so that it, too, is an em
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from saeops.kernels import cpu_ext
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Bytes allowed for a gathered [rows, k, d] block in the chunked fallback of gather_dot: cache
@@ -105,9 +114,27 @@ class _SortCache:
         counts = torch.bincount(flat, minlength=n)
         if counts.numel() != n:
             raise IndexError(f"indices out of range for {n} rows")
-        offsets = torch.cumsum(counts, 0) - counts
+        bounds = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
+        torch.cumsum(counts, 0, out=bounds[1:])
+        offsets = bounds[:-1]  # bag i: entries bounds[i] .. bounds[i + 1] of `order`
         self.tensor, self.key, self.value = indices, key, (order, offsets)
         return order, offsets
+
+
+def _sorted_bounds(indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """`(order, bounds)`: entry ids sorted by index, and the n + 1 bag boundaries."""
+    order, offsets = _SORTS.get(indices, n)
+    return order, torch.cat([offsets, offsets.new_tensor([order.numel()])])
+
+
+def _ext_for(*tensors: Tensor) -> ModuleType | None:
+    """The C++ CPU extension when every tensor is a CPU fp32/fp64 tensor of one dtype."""
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) != 1 or dtypes.pop() not in (torch.float32, torch.float64):
+        return None
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    return cpu_ext.module()
 
 
 _SORTS = _SortCache()
@@ -139,6 +166,11 @@ def scatter_sum_t(indices: Tensor, weights: Tensor, rows: Tensor, n: int, dtype:
     about half the cost of a whole-matrix strided copy."""
     if rows.device.type != "cpu":
         return scatter_sum(indices, weights, rows, n).to(dtype).t().contiguous()
+    ext = _ext_for(weights, rows)
+    if ext is not None:
+        order, bounds = _sorted_bounds(indices, n)
+        out = ext.scatter_t(order, bounds, weights.reshape(-1).contiguous(), rows.contiguous(), indices.shape[1], n)
+        return out.to(dtype)
     bag_rows, w, offsets, table = _bags(indices, weights, rows, n)
     out = torch.empty(rows.shape[1], n, dtype=dtype, device=rows.device)
     bounds = torch.cat([offsets[::SCATTER_T_BLOCK], offsets.new_tensor([bag_rows.numel()])]).tolist()
@@ -148,3 +180,19 @@ def scatter_sum_t(indices: Tensor, weights: Tensor, rows: Tensor, n: int, dtype:
         block = F.embedding_bag(bag_rows[s:e], table, offsets[i0:i1] - s, per_sample_weights=w[s:e], mode="sum")
         out[:, i0:i1].copy_(block.t())
     return out
+
+
+def decode_backward(
+    indices: Tensor, values: Tensor, grad_out: Tensor, W_dec: Tensor, need_values: bool, need_weight: bool
+) -> tuple[Tensor | None, Tensor | None] | None:
+    """`(gather_dot(indices, grad_out, W_dec), scatter_sum(indices, values, grad_out, n))` in one
+    pass over the latent-sorted entries (C++ CPU kernel), or None where it does not apply."""
+    ext = _ext_for(values, grad_out, W_dec)
+    if ext is None or indices.numel() == 0:
+        return None
+    order, bounds = _sorted_bounds(indices, W_dec.shape[0])
+    g_values, g_W = ext.decode_backward(
+        order, bounds, values.reshape(-1).contiguous(), grad_out.contiguous(), W_dec.contiguous(),
+        indices.shape[1], need_values, need_weight,
+    )  # fmt: skip
+    return (g_values.view(indices.shape) if need_values else None), (g_W if need_weight else None)
