@@ -276,6 +276,11 @@ def test_network_policy_allows_only_what_the_operator_needs() -> None:
     egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443, 6443, 9400}
     assert not by_kind(rendered_objects(), "NetworkPolicy")
+    # extraEgress appends rules (object storage on another port), rendered valid.
+    minio = {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 9000, "protocol": "TCP"}]}
+    values = {"networkPolicy": {**TOGGLES["network-policy"]["networkPolicy"], "extraEgress": [minio]}}
+    (np,) = by_kind(rendered_objects(values), "NetworkPolicy")
+    assert np["spec"]["egress"][-1] == minio
 
 
 def test_notes_render_for_both_modes() -> None:

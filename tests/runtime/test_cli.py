@@ -112,3 +112,9 @@ def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path: Path, caps
     assert weights[0].keys() == weights[1].keys()
     for key in weights[0]:
         assert (weights[0][key] == weights[1][key]).all(), key
+
+
+def test_cache_inspect_of_a_missing_cache_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache", "inspect", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nothing-here" in err[0]

@@ -82,9 +82,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
-    from saeops.runtime.cache import format_inspection, inspect_cache
+    from saeops.runtime.cache import CacheError, format_inspection, inspect_cache
+    from saeops.runtime.storage import StorageError
 
-    print(format_inspection(inspect_cache(args.uri)))
+    try:
+        print(format_inspection(inspect_cache(args.uri)))
+    except (CacheError, StorageError) as e:  # one line naming the cache and the fix, exit 2
+        return _fail(str(e))
     return 0
 
 

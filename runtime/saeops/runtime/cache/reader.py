@@ -101,7 +101,7 @@ class CacheReader:
         if world_size > self.num_shards:
             raise CacheError(
                 f"cache {self.storage.uri} has {self.num_shards} shards, fewer than world_size={world_size} "
-                "ranks; regenerate it with a smaller tokensPerShard or use fewer ranks"
+                "ranks; regenerate it with a smaller spec.shardSize or use fewer ranks"
             )
         self._sizes = [int(e["num_tokens"]) for e in self.shards[self.hook_points[0]]]
         self.batch_size = int(batch_size)
