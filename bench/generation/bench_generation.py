@@ -2,11 +2,12 @@
 
 The stream tokenises and packs documents, runs the model (stopped after the last needed hook),
 drops special tokens and shuffles rows through the online buffer. Its cost should be the
-forward's plus at most 10 %. The baseline runs the same windows (pre-tokenised) through
+forward's plus at most 10 %; so should writing an ActivationCache (the same rows in order,
+serialised to safetensors shards with both checksums, on `file://`). The baseline runs the same windows (pre-tokenised) through
 `LanguageModel.activations`; the bridge's own `run_with_cache(stop_at_layer=...)` and a full
 forward are shown for reference.
 
-    .venv/bin/python bench/generation/bench_generation.py [--windows 64] [--repeats 3]
+    .venv/bin/python bench/generation/bench_generation.py [--windows 256] [--repeats 3] [--shard-tokens 8192]
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from collections.abc import Callable
 
 import torch
 
+from saeops.runtime.cache import CacheWriter
+from saeops.runtime.cache.generate import _rows
 from saeops.runtime.data import ActivationStream, load_text_dataset, pack_windows
 from saeops.runtime.lm import load_language_model
 from saeops.runtime.spec.common import DatasetSpec, ModelSpec
+from saeops.runtime.storage import LocalStorage
 
 HOOK = "blocks.3.hook_resid_post"
 
@@ -40,11 +44,12 @@ def measure(cases: list[tuple[str, Callable[[], object]]], repeats: int) -> list
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--windows", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--windows", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--model-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shard-tokens", type=int, default=8192, help="tokens per cache shard (cache generation case)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("SAEOPS_DATA_DIR", os.path.join(tempfile.gettempdir(), "saeops-bench-data"))
@@ -84,6 +89,17 @@ def main() -> None:
         for t in windows:
             lm.logits(t)
 
+    def cache_generation() -> None:
+        # What `saeops run cache.yaml` does per window batch, into a fresh directory each time.
+        with tempfile.TemporaryDirectory() as d:
+            w = CacheWriter(LocalStorage(d), [HOOK], {HOOK: lm.d_model(HOOK)}, torch.float32,
+                            tokens_per_shard=args.shard_tokens,
+                            identity={"model": {"name": "bench"}, "dataset": {"name": "bench"}},
+                            context_size=args.context, seed=0)
+            for r in _rows(stream(False), 0):
+                w.write({HOOK: r[HOOK]}, r["tokens"], r["positions"], r["documents"])
+            w.finalize()
+
     def tokenise() -> None:
         for _ in stream(False).window_batches():
             pass
@@ -120,6 +136,7 @@ def main() -> None:
         ("bare forward, stopped after layer 3 (baseline)", bare),
         ("ActivationStream, shuffle=False", run(False)),
         ("ActivationStream, shuffle=True (buffer 4096)", run(True)),
+        ("cache generation (stream + CacheWriter, file://)", cache_generation),
         ("bridge run_with_cache(stop_at_layer=4)", bridge_stop),
         ("full forward (6 layers, no head)", full),
         ("tokenise + pack only", tokenise),
