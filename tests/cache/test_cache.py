@@ -311,14 +311,20 @@ def test_writer_resumes_after_crash(tmp_path: Path, data: dict[str, torch.Tensor
         w3.write(*next(chunks(data, HOOKS)))
 
 
-def test_writer_rewrites_a_corrupt_trailing_shard(tmp_path: Path, data: dict[str, torch.Tensor]) -> None:
-    st = LocalStorage(tmp_path / "c")
+def _interrupted_cache(root: Path, data: dict[str, torch.Tensor]) -> LocalStorage:
+    """A cache whose writer stopped after 350 tokens: 3 shards recorded in the progress file."""
+    st = LocalStorage(root)
     w = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)
     for args in chunks(data, HOOKS):
         w.write(*args)
         if w.tokens_written >= 350:
             break
     w.close()
+    return st
+
+
+def test_writer_rewrites_a_corrupt_trailing_shard(tmp_path: Path, data: dict[str, torch.Tensor]) -> None:
+    st = _interrupted_cache(tmp_path / "c", data)
     progress = st.get_json(PROGRESS)
     last = progress["shards"][HOOKS[1]][2]["key"]
     raw = bytearray(st.get_bytes(last))
@@ -435,13 +441,7 @@ def test_old_manifest_with_only_sha256_still_verifies(local_cache: LocalStorage)
 
 def test_writer_resumes_old_progress_with_only_sha256(tmp_path: Path, data: dict[str, torch.Tensor],
                                                       local_cache: LocalStorage) -> None:
-    st = LocalStorage(tmp_path / "c")
-    w = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)
-    for args in chunks(data, HOOKS):
-        w.write(*args)
-        if w.tokens_written >= 350:
-            break
-    w.close()
+    st = _interrupted_cache(tmp_path / "c", data)
     st.put_json(PROGRESS, _strip_xxh3(st.get_json(PROGRESS)))
     assert CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY, verify_resume="all").resume_point() == 300
     last = st.get_json(PROGRESS)["shards"][HOOKS[1]][2]["key"]
