@@ -85,11 +85,11 @@ def _fused_topk(
     """
     if W_enc.device.type != "cpu" or W_enc.dtype not in FUSABLE_SCALE_DTYPES or x_c.dtype != W_enc.dtype:
         return None
-    s = None if score_scale is None else score_scale.detach().to(W_enc.dtype)
-    if s is not None and not bool((s > 0).all()):
-        return None
     ext = cpu_ext.module()
     if ext is None:
+        return None
+    s = None if score_scale is None else score_scale.detach().to(W_enc.dtype)
+    if s is not None and not bool((s > 0).all()):
         return None
     n = W_enc.shape[1]
     W_eff = W_enc if s is None else _scaled_columns(W_enc, s)

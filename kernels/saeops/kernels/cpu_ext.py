@@ -16,6 +16,7 @@ Kernels (fp32/fp64; see the source for the algorithms):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -29,7 +30,6 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "sparse_cpu.cpp"
-_state: dict[str, ModuleType | bool | None] = {"tried": False, "module": None}
 
 
 def enabled() -> bool:
@@ -55,34 +55,34 @@ def build_name() -> str:
 
 
 def module() -> ModuleType | None:
-    """The compiled extension, or None (disabled, or the build failed: warned once)."""
-    if not enabled():
-        return None
-    if not _state["tried"]:
-        _state["tried"] = True
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            # A runtime image without a toolchain: the torch path is the plan, not a fault.
-            log.info("no C++ compiler (%s) on PATH: sparse CPU kernels use the torch path", compiler)
-            return None
-        try:
-            from torch.utils.cpp_extension import load
+    """The compiled extension, or None (disabled, no compiler, or the build failed: warned once)."""
+    return _build() if enabled() else None
 
-            log.info("loading the C++ CPU kernels (built once per machine, ~40 s, then cached)")
-            _state["module"] = load(
-                name=build_name(),
-                sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-        except Exception as e:  # no compiler, no ninja, a failed build: the torch path still works
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            warnings.warn(
-                f"saeops: the C++ CPU kernels could not be built ({type(e).__name__}: {reason[:200]}); "
-                "using the torch path (set SAEOPS_CPU_EXT=0 to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    mod = _state["module"]
-    return mod if isinstance(mod, ModuleType) else None
+
+@functools.cache
+def _build() -> ModuleType | None:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        # A runtime image without a toolchain: the torch path is the plan, not a fault.
+        log.info("no C++ compiler (%s) on PATH: sparse CPU kernels use the torch path", compiler)
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        log.info("loading the C++ CPU kernels (built once per machine, ~40 s, then cached)")
+        return load(
+            name=build_name(),
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as e:  # no ninja, a failed build: the torch path still works
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        warnings.warn(
+            f"saeops: the C++ CPU kernels could not be built ({type(e).__name__}: {reason[:200]}); "
+            "using the torch path (set SAEOPS_CPU_EXT=0 to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None

@@ -99,6 +99,8 @@ class _SortCache:
         self.value: tuple[Tensor, Tensor] | None = None
 
     def get(self, indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """`(order, bounds)`: entry ids (flat `b * k + j`) sorted by index, stably, and the
+        n + 1 bag boundaries (index i's entries are `order[bounds[i]:bounds[i + 1]]`)."""
         key = (
             indices.data_ptr(),
             indices.device,
@@ -116,15 +118,8 @@ class _SortCache:
             raise IndexError(f"indices out of range for {n} rows")
         bounds = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
         torch.cumsum(counts, 0, out=bounds[1:])
-        offsets = bounds[:-1]  # bag i: entries bounds[i] .. bounds[i + 1] of `order`
-        self.tensor, self.key, self.value = indices, key, (order, offsets)
-        return order, offsets
-
-
-def _sorted_bounds(indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """`(order, bounds)`: entry ids sorted by index, and the n + 1 bag boundaries."""
-    order, offsets = _SORTS.get(indices, n)
-    return order, torch.cat([offsets, offsets.new_tensor([order.numel()])])
+        self.tensor, self.key, self.value = indices, key, (order, bounds)
+        return order, bounds
 
 
 def _ext_for(*tensors: Tensor) -> ModuleType | None:
@@ -143,11 +138,11 @@ _SORTS = _SortCache()
 def _bags(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Entries sorted by index as embedding bags: (batch row of each entry, its weight, bag
     offsets, the table of rows in the accumulation dtype)."""
-    order, offsets = _SORTS.get(indices, n)
+    order, bounds = _SORTS.get(indices, n)
     acc = _acc_dtype(rows.dtype)
     # Bag i holds the batch rows whose entries point at i (entries sorted by index).
     bag_rows = torch.div(order, indices.shape[1], rounding_mode="floor")
-    return bag_rows, weights.reshape(-1).to(acc)[order], offsets, rows.to(acc).contiguous()
+    return bag_rows, weights.reshape(-1).to(acc)[order], bounds[:-1], rows.to(acc).contiguous()
 
 
 def scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -168,15 +163,14 @@ def scatter_sum_t(indices: Tensor, weights: Tensor, rows: Tensor, n: int, dtype:
         return scatter_sum(indices, weights, rows, n).to(dtype).t().contiguous()
     ext = _ext_for(weights, rows)
     if ext is not None:
-        order, bounds = _sorted_bounds(indices, n)
+        order, bounds = _SORTS.get(indices, n)
         out = ext.scatter_t(order, bounds, weights.reshape(-1).contiguous(), rows.contiguous(), indices.shape[1], n)
         return out.to(dtype)
     bag_rows, w, offsets, table = _bags(indices, weights, rows, n)
     out = torch.empty(rows.shape[1], n, dtype=dtype, device=rows.device)
-    bounds = torch.cat([offsets[::SCATTER_T_BLOCK], offsets.new_tensor([bag_rows.numel()])]).tolist()
-    for b, i0 in enumerate(range(0, n, SCATTER_T_BLOCK)):
+    for i0 in range(0, n, SCATTER_T_BLOCK):
         i1 = min(n, i0 + SCATTER_T_BLOCK)
-        s, e = bounds[b], bounds[b + 1]
+        s, e = int(offsets[i0]), int(offsets[i1]) if i1 < n else bag_rows.numel()
         block = F.embedding_bag(bag_rows[s:e], table, offsets[i0:i1] - s, per_sample_weights=w[s:e], mode="sum")
         out[:, i0:i1].copy_(block.t())
     return out
@@ -190,7 +184,7 @@ def decode_backward(
     ext = _ext_for(values, grad_out, W_dec)
     if ext is None or indices.numel() == 0:
         return None
-    order, bounds = _sorted_bounds(indices, W_dec.shape[0])
+    order, bounds = _SORTS.get(indices, W_dec.shape[0])
     g_values, g_W = ext.decode_backward(
         order, bounds, values.reshape(-1).contiguous(), grad_out.contiguous(), W_dec.contiguous(),
         indices.shape[1], need_values, need_weight,
