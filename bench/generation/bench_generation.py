@@ -20,11 +20,11 @@ from collections.abc import Callable
 
 import torch
 
+from saeops.api.common import DatasetSpec, ModelSpec
 from saeops.runtime.cache import CacheWriter
 from saeops.runtime.cache.generate import _rows
 from saeops.runtime.data import ActivationStream, load_text_dataset, pack_windows
 from saeops.runtime.lm import load_language_model
-from saeops.runtime.spec.common import DatasetSpec, ModelSpec
 from saeops.runtime.storage import LocalStorage
 
 HOOK = "blocks.3.hook_resid_post"

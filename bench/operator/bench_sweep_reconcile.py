@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from saeops.api import SAESweep
 from saeops.operator.state import ObservedSweep
 from saeops.operator.sweep import reconcile_sweep, render_trial
-from saeops.runtime.spec import SAESweep
 
 ROOT = Path(__file__).resolve().parents[2]
 

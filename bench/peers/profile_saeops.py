@@ -19,12 +19,12 @@ import floor  # noqa: E402
 import torch  # noqa: E402
 from run_saeops import HOOK, build  # noqa: E402
 
+from saeops.api import InitializerSpec  # noqa: E402
 from saeops.runtime.models import (  # noqa: E402
     Initializer,
     LossContext,
     build_dictionary,
 )
-from saeops.runtime.spec import InitializerSpec  # noqa: E402
 from saeops.runtime.train.trainer import Trainer, fire_stats  # noqa: E402
 
 

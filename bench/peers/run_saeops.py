@@ -19,8 +19,8 @@ common.quiet()
 import floor  # noqa: E402
 import torch  # noqa: E402
 
+from saeops.api import DictionarySpec, InitializerSpec, TrainerSpec  # noqa: E402
 from saeops.runtime.models import Initializer, build_dictionary  # noqa: E402
-from saeops.runtime.spec import DictionarySpec, InitializerSpec, TrainerSpec  # noqa: E402
 from saeops.runtime.train.trainer import Trainer  # noqa: E402
 
 HOOK = "h"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from saeops.api.common import DatasetSpec, ModelSpec, NativeModelSpec
+from saeops.api.training import DictionarySpec
 from saeops.runtime.data import ActivationStream
 from saeops.runtime.lm import load_language_model
 from saeops.runtime.models import build_dictionary
-from saeops.runtime.spec.common import DatasetSpec, ModelSpec, NativeModelSpec
-from saeops.runtime.spec.training import DictionarySpec
 from tests.runtime.conftest import write_corpus
 from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from saeops.cli import main
 from saeops.runtime.analysis import load_analysis, main_analyze
-from saeops.runtime.cli import main
 from tests.runtime.conftest import tiny_run_doc
 
 

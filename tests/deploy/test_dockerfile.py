@@ -252,7 +252,7 @@ def test_final_stage_runs_as_non_root_without_entrypoint(dockerfile: Dockerfile)
 def test_exposed_ports_match_the_chart_and_runtime(dockerfile: Dockerfile) -> None:
     import yaml
 
-    from saeops.runtime.spec import MetricsSpec
+    from saeops.api import MetricsSpec
 
     values = yaml.safe_load((REPO / "helm" / "saeops" / "values.yaml").read_text(encoding="utf-8"))
     exposed = {int(p.split("/")[0]) for ins in dockerfile.stages[-1].instructions if ins.keyword == "EXPOSE"

@@ -76,7 +76,7 @@ def test_the_expected_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", RESOURCE_FILES, ids=rel)
 def test_example_validates_against_the_spec_models(path: Path) -> None:
-    from saeops.runtime.spec import load_resource
+    from saeops.api import load_resource
 
     res = load_resource(path)
     (doc,) = docs(path)
@@ -104,7 +104,7 @@ def test_crd_validation_catches_mistakes() -> None:
 
 
 def test_the_sweep_covers_topk_and_lr_on_a_grid() -> None:
-    from saeops.runtime.spec import SAESweep, load_resource
+    from saeops.api import SAESweep, load_resource
 
     sweep = load_resource(EXAMPLES / "sweep.yaml")
     assert isinstance(sweep, SAESweep)
@@ -113,7 +113,7 @@ def test_the_sweep_covers_topk_and_lr_on_a_grid() -> None:
 
 
 def test_run_from_cache_reads_the_example_cache() -> None:
-    from saeops.runtime.spec import load_resource
+    from saeops.api import load_resource
 
     run = load_resource(EXAMPLES / "run-from-cache.yaml")
     cache = load_resource(EXAMPLES / "cache.yaml")
@@ -123,7 +123,7 @@ def test_run_from_cache_reads_the_example_cache() -> None:
 
 
 def test_kustomize_renders_offline_without_generated_names(kustomized: list[Obj]) -> None:
-    from saeops.runtime.spec import parse_resource
+    from saeops.api import parse_resource
 
     kinds = sorted(o["kind"] for o in kustomized)
     assert kinds == ["ActivationCache", "Namespace", "SAESweep"]
@@ -200,7 +200,7 @@ def test_operator_renders_valid_kubernetes_objects(path: Path) -> None:
     render = pytest.importorskip("saeops.operator.render", reason="operator renderer not present yet")
     import kubernetes_validate
 
-    from saeops.runtime.spec import load_resource
+    from saeops.api import load_resource
 
     for obj in render.render_manifest(load_resource(path)):
         if obj["kind"] in {"SAETrainingRun", "ActivationCache", "SAESweep"}:
@@ -225,7 +225,7 @@ def needs(*modules: str) -> None:
 
 
 def saeops_run(path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", "import sys; from saeops.runtime.cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from saeops.cli import main; sys.exit(main())",
            "run", str(path), "--no-progress", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})

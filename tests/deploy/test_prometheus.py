@@ -86,7 +86,7 @@ def metrics_source(tmp_path: Path) -> Iterator[MetricsSource]:
     manifest.write_text(yaml.safe_dump(doc), encoding="utf-8")
     port = free_port()
     log = (tmp_path / "run.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "saeops.runtime.cli", "run", str(manifest), "--no-progress",
+    proc = subprocess.Popen([sys.executable, "-m", "saeops.cli", "run", str(manifest), "--no-progress",
                              "--metrics-port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     metrics_json = tmp_path / "out" / "metrics.json"

@@ -88,7 +88,7 @@ def run_proc(args: list[str], *, env: dict[str, str] | None = None, timeout: flo
 def saeops_run(spec_path: str, *, env: dict[str, str] | None = None,
                timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
     """`saeops run SPEC` in a subprocess (launches torchrun itself when parallelism > 1)."""
-    return run_proc([PYTHON, "-m", "saeops.runtime.cli", "run", spec_path, "--no-progress"], env=env,
+    return run_proc([PYTHON, "-m", "saeops.cli", "run", spec_path, "--no-progress"], env=env,
                     timeout=timeout)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from saeops.api import load_resource
 from saeops.runtime.distributed import EXIT_PREEMPTED, PREEMPTED_MARKER
 from saeops.runtime.launch import run_resource
-from saeops.runtime.spec import load_resource
 from tests.distributed.conftest import (
     assert_bitwise,
     latest_step,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from saeops.api import load_resource
 from saeops.runtime.distributed import EXIT_PREEMPTED, PREEMPTED_MARKER
 from saeops.runtime.launch import run_resource
 from saeops.runtime.models import SparseDictionary
-from saeops.runtime.spec import load_resource
 from tests.distributed.conftest import (
     PYTHON,
     assert_bitwise,

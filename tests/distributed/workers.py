@@ -49,14 +49,14 @@ class SyntheticSource:
 
 def dp_job(spec_path: str) -> None:
     """Train through TrainingJob (the `saeops run` path) on the synthetic stream."""
-    from saeops.runtime.spec import load_resource
+    from saeops.api import load_resource
     from saeops.runtime.train.job import TrainingJob
 
     TrainingJob(load_resource(spec_path), progress=False, source=SyntheticSource).run_job()
 
 
 def _spec(act_fn: str) -> Any:
-    from saeops.runtime.spec import DictionarySpec, TrainerSpec
+    from saeops.api import DictionarySpec, TrainerSpec
 
     sae = DictionarySpec(hook_point_in="h", act_fn=act_fn, top_k=4, d_sae=64)
     return sae, TrainerSpec(total_training_tokens=64 * 6, batch_size=64, lr=3e-3, log_frequency=2,

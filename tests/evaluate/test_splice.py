@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from saeops.api.common import ModelSpec
+from saeops.api.training import DictionarySpec
 from saeops.runtime.evaluate import evaluate_splice, next_token_loss
 from saeops.runtime.models import build_dictionary
-from saeops.runtime.spec.common import ModelSpec
-from saeops.runtime.spec.training import DictionarySpec
 
 HOOK = "blocks.0.hook_resid_post"
 

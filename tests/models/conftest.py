@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from saeops.runtime.spec.training import DictionarySpec
+from saeops.api.training import DictionarySpec
 
 
 def make_spec(**overrides: Any) -> DictionarySpec:

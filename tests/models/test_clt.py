@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeops.api.training import DictionarySpec, InitializerSpec, TrainerSpec
 from saeops.runtime.models import (
     Initializer,
     LossContext,
@@ -14,7 +15,6 @@ from saeops.runtime.models import (
     load_dictionary,
 )
 from saeops.runtime.models.clt import CrossLayerTranscoder
-from saeops.runtime.spec.training import DictionarySpec, InitializerSpec, TrainerSpec
 from saeops.runtime.train.trainer import Trainer
 
 from .conftest import to_float64

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeops.api.training import InitializerSpec
 from saeops.runtime.models import Initializer, LossContext, build_dictionary
 from saeops.runtime.models.convert import convert_batchtopk_to_jumprelu
-from saeops.runtime.spec.training import InitializerSpec
 
 from .conftest import make_spec
 from .test_training import N_FEATURES, _synthetic

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from saeops.api.load import load_resource
 from saeops.runtime.models import build_dictionary
-from saeops.runtime.spec.load import load_resource
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KINDS = ["transcoder", "clt", "lorsa"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from saeops.api.training import InitializerSpec
 from saeops.runtime.models import Initializer, LossContext, build_dictionary, geometric_median
-from saeops.runtime.spec.training import InitializerSpec
 
 from .conftest import make_spec
 

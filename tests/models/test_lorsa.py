@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from saeops.api.training import DictionarySpec, InitializerSpec
 from saeops.runtime.models import (
     Initializer,
     LossContext,
@@ -17,7 +18,6 @@ from saeops.runtime.models import (
 )
 from saeops.runtime.models.init_from_model import initialize_from_language_model
 from saeops.runtime.models.lorsa import LowRankSparseAttention
-from saeops.runtime.spec.training import DictionarySpec, InitializerSpec
 
 from .conftest import to_float64
 

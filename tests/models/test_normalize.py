@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from saeops.api.training import InitializerSpec
 from saeops.runtime.models import (
     Initializer,
     LossContext,
@@ -15,7 +16,6 @@ from saeops.runtime.models import (
     fold_dataset_norm,
     load_dictionary,
 )
-from saeops.runtime.spec.training import InitializerSpec
 
 from .conftest import make_spec
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from saeops.api.training import TrainerSpec
 from saeops.runtime.models import (
     DICTIONARIES,
     FeatureActs,
@@ -18,7 +19,6 @@ from saeops.runtime.models import (
     load_dictionary,
 )
 from saeops.runtime.models.losses import aux_k_loss
-from saeops.runtime.spec.training import TrainerSpec
 
 from .conftest import make_spec
 

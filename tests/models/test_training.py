@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saeops.api.training import InitializerSpec
 from saeops.runtime.models import Initializer, LossContext, build_dictionary
-from saeops.runtime.spec.training import InitializerSpec
 
 from .conftest import make_spec
 

@@ -7,7 +7,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from saeops.operator.crds import all_crds, main_crds, render_yaml
+from saeops.cli import main
+from saeops.operator.crds import all_crds, render_yaml
 
 from .helpers import ROOT, example_docs
 
@@ -39,7 +40,7 @@ def test_committed_crds_are_current():
 
 
 def test_main_crds_writes_files(tmp_path):
-    assert main_crds(["--out", str(tmp_path)]) == 0
+    assert main(["crds", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(all_crds())
 
 

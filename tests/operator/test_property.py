@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from saeops.api import KINDS
 from saeops.operator.reconcile import reconcile
 from saeops.operator.state import Observed, ObservedSweep
 from saeops.operator.sweep import reconcile_sweep
-from saeops.runtime.spec import KINDS
 
 from .helpers import T0, cache_doc, cond, example_docs, quickstart, sweep_doc, with_server_fields
 
@@ -71,7 +71,7 @@ def _aliases() -> set[str]:
     """Every manifest field name of every spec model."""
     from pydantic import BaseModel
 
-    from saeops.runtime import spec as spec_mod
+    import saeops.api as spec_mod
 
     out: set[str] = set()
     for obj in vars(spec_mod).values():

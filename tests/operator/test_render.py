@@ -7,9 +7,8 @@ import json
 import kubernetes_validate
 import pytest
 
-from saeops.operator import names
+from saeops.api import SAETrainingRun, names, parse_resource
 from saeops.operator.render import render_children, render_manifest
-from saeops.runtime.spec import SAETrainingRun, parse_resource
 
 from .helpers import cache_doc, example_docs, quickstart, run_on_cache, sweep_doc
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
-from saeops.operator import names, search
+from saeops.api import SAESweep, names, parse_resource, search
 from saeops.operator.state import ObservedSweep
 from saeops.operator.sweep import reconcile_sweep
-from saeops.runtime.spec import SAESweep, parse_resource
 
 from .helpers import T0, cond, sweep_doc
 
@@ -78,7 +78,9 @@ def test_random_search_values_in_range_and_integer():
 
 def test_grid_matches_cartesian_product():
     spec = SAESweep.model_validate(sweep_doc()).spec
-    assert [search.assignment(spec, i) for i in range(4)] == search.grid(spec)
+    axes = [search._grid_values(p) for p in spec.parameters]
+    product = [dict(zip([p.name for p in spec.parameters], combo, strict=True)) for combo in itertools.product(*axes)]
+    assert [search.assignment(spec, i) for i in range(4)] == product
     assert search.space_size(spec) == 4
 
 

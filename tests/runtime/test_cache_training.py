@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from saeops.runtime.cli import main
+from saeops.cli import main
 from tests.fixtures_s3 import s3_bucket, s3_server  # noqa: F401
 from tests.runtime.conftest import tiny_run_doc
 

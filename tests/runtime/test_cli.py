@@ -10,7 +10,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from saeops.runtime.cli import main
+from saeops.cli import main
 from tests.runtime.conftest import tiny_run_doc
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saeops.runtime.spec import (
+from saeops.api import (
     SAESweep,
     SAETrainingRun,
     SpecError,
@@ -144,7 +144,7 @@ def test_every_field_has_a_description() -> None:
     """Docstrings become CRD descriptions; a field without one is a `kubectl explain` hole."""
     from pydantic import BaseModel
 
-    from saeops.runtime.spec import KINDS
+    from saeops.api import KINDS
 
     seen: set[type] = set()
     missing: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from saeops.runtime.spec import DictionarySpec, TrainerSpec
+from saeops.api import DictionarySpec, TrainerSpec
 from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor
 
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from saeops.api import DictionarySpec, InitializerSpec, TrainerSpec
 from saeops.runtime.models import Initializer, build_dictionary
-from saeops.runtime.spec import DictionarySpec, InitializerSpec, TrainerSpec
 from saeops.runtime.train.trainer import Trainer
 
 

@@ -28,6 +28,7 @@ def run_operator(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # `saeops` configured logging before handing over; --verbose wins
     )
     import kopf
     from prometheus_client import start_http_server

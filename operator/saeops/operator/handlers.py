@@ -15,7 +15,8 @@ from typing import Any
 
 import kopf
 
-from saeops.operator import names, opmetrics
+from saeops.api import names
+from saeops.operator import opmetrics
 from saeops.operator.kube import Kube, merge_patch, path_for
 from saeops.operator.observe import observe_run, observe_sweep
 from saeops.operator.reconcile import reconcile

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
-from saeops.operator import jobs, names
+from saeops.api import names
+from saeops.operator import jobs
 from saeops.operator.kube import Kube, path_for
 from saeops.operator.progress import parse_prometheus
 from saeops.operator.render import selector_labels

@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from saeops.operator import jobs, names, progress
+from saeops.api import ActivationCache, SAETrainingRun, format_validation_error, names
+from saeops.operator import jobs, progress
 from saeops.operator.conditions import CACHE_READY, RUN_CONDITIONS, Conditions, parse_time, rfc3339
 from saeops.operator.render import metrics_port_of, render_configmap, render_job, render_service
 from saeops.operator.state import ChildRef, Desired, Event, Observed
-from saeops.runtime.spec import ActivationCache, SAETrainingRun, format_validation_error
 
 Obj = dict[str, Any]
 RUN_KINDS = {SAETrainingRun.KIND: SAETrainingRun, ActivationCache.KIND: ActivationCache}

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from saeops.operator import names
-from saeops.runtime.spec import (
+from saeops.api import (
     ActivationCache,
     AnyResource,
     OutputSpec,
     SAESweep,
     SAETrainingRun,
+    names,
+    parse_resource,
 )
+from saeops.operator.sweep import plan_trials
 
 SPEC_DIR = "/etc/saeops"
 SPEC_FILE = "spec.json"
@@ -26,18 +28,6 @@ RUN_AS = 1000
 
 Obj = dict[str, Any]
 
-
-def owner_reference(resource: Obj) -> Obj:
-    """A controller owner reference to `resource` (a manifest dict with metadata.uid)."""
-    meta = resource.get("metadata", {})
-    return {
-        "apiVersion": resource.get("apiVersion", names.API),
-        "kind": resource["kind"],
-        "name": meta["name"],
-        "uid": meta.get("uid") or "",
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def child_labels(kind: str, name: str) -> dict[str, str]:
@@ -62,7 +52,7 @@ def _meta(resource: Obj, name: str) -> Obj:
     meta: Obj = {
         "name": name,
         "labels": child_labels(resource["kind"], rmeta["name"]),
-        "ownerReferences": [owner_reference(resource)],
+        "ownerReferences": [names.owner_reference(resource)],
     }
     if rmeta.get("namespace"):
         meta["namespace"] = rmeta["namespace"]
@@ -322,9 +312,6 @@ def render_manifest(resource: AnyResource | Obj) -> list[Obj]:
     Runs and caches give ConfigMap, Service and Job; a sweep gives its first trials
     (as many as parallelTrials allows) as SAETrainingRuns.
     """
-    from saeops.operator.sweep import plan_trials  # local: sweep imports render
-    from saeops.runtime.spec import parse_resource
-
     doc = _as_dict(resource)
     model = resource if not isinstance(resource, dict) else parse_resource(doc)
     doc.setdefault("metadata", {}).setdefault("namespace", "default")

@@ -16,11 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from saeops.operator import names, pareto, search
+from saeops.api import SAESweep, SpecError, format_validation_error, names, pareto, search
+from saeops.api.trials import planned_trials, render_trial
 from saeops.operator.conditions import SWEEP_CONDITIONS, Conditions, rfc3339
-from saeops.operator.render import owner_reference
 from saeops.operator.state import Desired, Event, ObservedSweep
-from saeops.runtime.spec import SAESweep, SpecError, format_validation_error, set_path
 
 Obj = dict[str, Any]
 STATUS_KEYS = (
@@ -46,39 +45,6 @@ def _metric(trial: Obj, key: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def render_trial(sweep: Obj, model: SAESweep, index: int) -> Obj:
-    """Trial `index` as an SAETrainingRun manifest (deterministic name and values)."""
-    sweep_name = sweep["metadata"]["name"]
-    name = names.trial_name(sweep_name, index)
-    spec = copy.deepcopy(_dict(sweep.get("spec")).get("trialTemplate") or model.spec.trial_template.to_manifest())
-    params = search.assignment(model.spec, index)
-    for path, value in params.items():
-        set_path(spec, path, value)
-    # Trials must not overwrite each other's artifacts and checkpoints.
-    output = spec.setdefault("output", {})
-    output["storageUri"] = f"{str(output.get('storageUri', '')).rstrip('/')}/{name}"
-    meta: Obj = {
-        "name": name,
-        "labels": {
-            "app.kubernetes.io/name": "saeops",
-            "app.kubernetes.io/managed-by": names.MANAGED_BY,
-            names.LABEL_SWEEP: sweep_name,
-            names.LABEL_TRIAL_INDEX: str(index),
-        },
-        "annotations": {names.ANNOTATION_PARAMETERS: json.dumps(params, sort_keys=True)},
-        "ownerReferences": [owner_reference(sweep)],
-    }
-    if sweep["metadata"].get("namespace"):
-        meta["namespace"] = sweep["metadata"]["namespace"]
-    return {"apiVersion": names.API, "kind": "SAETrainingRun", "metadata": meta, "spec": spec}
-
-
-def planned_trials(model: SAESweep) -> int:
-    """Trials the sweep will run in total: maxTrials, capped by the grid's size."""
-    size = search.space_size(model.spec)
-    return model.spec.max_trials if size is None else min(size, model.spec.max_trials)
 
 
 def plan_trials(sweep: Obj, model: SAESweep) -> list[Obj]:
@@ -159,20 +125,18 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
     st.update(trials=len(mine), trialsRunning=n_running, trialsSucceeded=len(succeeded), trialsFailed=n_failed)
 
     obj = spec.objective
-    sign = 1.0 if obj.goal == "maximize" else -1.0
-    scored = [(sign * v, t) for t in succeeded if (v := _metric(t, obj.metric)) is not None]
     keys = (obj.metric, obj.pareto_metric)
-    best = max(scored, key=lambda x: (x[0], _dict(x[1].get("metadata")).get("name", "")), default=None)
-    st["bestTrial"] = _summary(best[1], keys) if best else None
+    scored = [
+        pareto.Scored(str(_dict(t.get("metadata")).get("name", "")), v, _metric(t, obj.pareto_metric), t)
+        for t in succeeded if (v := _metric(t, obj.metric)) is not None
+    ]
+    best, front = pareto.best_and_front(scored, obj.goal)
+    st["bestTrial"] = _summary(best.item, keys) if best else None
     if obj.pareto_metric:
-        pts = [
-            (sign * v, p, t) for t in succeeded
-            if (v := _metric(t, obj.metric)) is not None and (p := _metric(t, obj.pareto_metric)) is not None
-        ]
-        st["pareto"] = [_summary(t, keys) for _, _, t in pareto.bounded(pareto.front(pts))]
+        st["pareto"] = [_summary(s.item, keys) for s in pareto.bounded(front)]
 
     planned = planned_trials(model)
-    goal = obj.target is not None and best is not None and best[0] >= sign * obj.target
+    goal = obj.target is not None and best is not None and pareto.reached(best.value, obj.target, obj.goal)
     fail_limit = max(1, spec.max_failed_trials)
     if goal:
         set_terminal("Succeeded", "GoalReached", f"trial {st['bestTrial']['name']} reached {obj.metric} {obj.target}")

@@ -18,9 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from saeops.runtime.spec import AnyResource, SpecError, load_resource, parse_resource
-
-EXIT_BAD_INPUT = 2
+from saeops.api import EXIT_BAD_INPUT, AnyResource, SpecError, load_resource, parse_resource
 
 
 def read_spec(path: str | None) -> AnyResource:

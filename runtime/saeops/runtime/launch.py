@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from saeops.runtime.spec import ActivationCache, AnyResource, SAESweep, SAETrainingRun, SpecError
+from saeops.api import ActivationCache, AnyResource, SAESweep, SAETrainingRun, SpecError
 
 log = logging.getLogger("saeops.run")
 

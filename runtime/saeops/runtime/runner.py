@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from saeops.runtime.spec import DatasetSpec, OutputSpec, SAETrainingRun, SpecError
+from saeops.api import DatasetSpec, OutputSpec, SAETrainingRun, SpecError
 
 log = logging.getLogger("saeops.run")
 

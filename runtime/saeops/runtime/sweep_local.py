@@ -9,38 +9,30 @@ the Pareto front) and `pareto.png`.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from typing import Any
 
-from saeops.runtime.spec import SAESweep, SAETrainingRun, SpecError, parse_resource
+from saeops.api import SAESweep, SAETrainingRun, SpecError, pareto, parse_resource, search
+from saeops.api.trials import planned_trials, render_trial
 
 log = logging.getLogger("saeops.sweep")
 
 
-def _better(a: float, b: float, goal: str) -> bool:
-    return a > b if goal == "maximize" else a < b
-
-
 def summarize(sweep: SAESweep, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best trial and Pareto front (objective vs paretoMetric) over the finished trials."""
-    from saeops.operator import pareto
-
+    """Best trial and Pareto front (objective vs paretoMetric) over the finished trials, chosen
+    exactly as the operator chooses them for a sweep's status."""
     obj = sweep.spec.objective
-    done = [t for t in trials if t.get("final")]
-    best = None
-    for t in done:
-        v = t["final"].get(obj.metric)
-        if v is not None and math.isfinite(v) and (best is None or _better(v, best["final"][obj.metric], obj.goal)):
-            best = t
-    front: list[dict[str, Any]] = []
-    if obj.pareto_metric:
-        sign = 1.0 if obj.goal == "maximize" else -1.0
-        pts = [(sign * t["final"][obj.metric], t["final"][obj.pareto_metric], t) for t in done
-               if obj.metric in t["final"] and obj.pareto_metric in t["final"]]
-        front = [p[2]["name"] for p in pareto.front(pts)]
-    return {"trials": trials, "best_trial": best["name"] if best else None, "pareto": front,
+    scored = []
+    for t in trials:
+        final = t.get("final") or {}
+        v = final.get(obj.metric)
+        if v is not None and math.isfinite(v):
+            p = final.get(obj.pareto_metric) if obj.pareto_metric else None
+            scored.append(pareto.Scored(t["name"], v, p if p is not None and math.isfinite(p) else None, t))
+    best, front = pareto.best_and_front(scored, obj.goal)
+    return {"trials": trials, "best_trial": best.name if best else None,
+            "pareto": [s.name for s in front] if obj.pareto_metric else [],
             "objective": obj.model_dump(by_alias=True)}
 
 
@@ -77,7 +69,6 @@ def plot_pareto(sweep: SAESweep, summary: dict[str, Any]) -> bytes | None:
 
 
 def run_sweep(sweep: SAESweep, *, progress: bool = True) -> int:
-    from saeops.operator.sweep import planned_trials, render_trial
     from saeops.runtime.runner import open_output
     from saeops.runtime.train.job import TrainingJob
 
@@ -89,7 +80,7 @@ def run_sweep(sweep: SAESweep, *, progress: bool = True) -> int:
     for index in range(n):
         manifest = render_trial(doc, sweep, index)
         manifest["metadata"].pop("ownerReferences", None)
-        params = json.loads(next(iter(manifest["metadata"]["annotations"].values())))
+        params = search.assignment(sweep.spec, index)
         try:
             run = parse_resource(manifest, f"trial {index}")
             assert isinstance(run, SAETrainingRun)
@@ -106,7 +97,7 @@ def run_sweep(sweep: SAESweep, *, progress: bool = True) -> int:
         target = sweep.spec.objective.target
         if target is not None and trials[-1].get("final"):
             v = trials[-1]["final"].get(sweep.spec.objective.metric)
-            if v is not None and not _better(target, v, sweep.spec.objective.goal):
+            if v is not None and pareto.reached(v, target, sweep.spec.objective.goal):
                 log.info("goal %s reached by %s", target, trials[-1]["name"])
                 break
     summary = summarize(sweep, trials)

@@ -55,9 +55,9 @@ def analyze_run(output_uri: str, tokens: int = 65536, top_n: int = 16, max_featu
     The training job calls this after training when `spec.analysis.enabled`, passing its
     already opened `storage` (which carries the run's S3 endpoint/region settings).
     """
+    from saeops.api import SAETrainingRun
     from saeops.runtime.data import ActivationStream
     from saeops.runtime.lm import load_language_model
-    from saeops.runtime.spec import SAETrainingRun
     from saeops.runtime.storage import open_storage
 
     start = time.monotonic()

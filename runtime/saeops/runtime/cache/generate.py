@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from saeops.runtime.spec import ActivationCache, SpecError
+from saeops.api import ActivationCache, SpecError
 
 log = logging.getLogger("saeops.cache")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

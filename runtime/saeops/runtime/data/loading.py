@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from saeops.runtime.spec.common import DatasetSpec
+from saeops.api.common import DatasetSpec
 
 EXTENSIONS = {
     ".json": "json", ".jsonl": "json", ".txt": "text", ".text": "text",

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from saeops.api.common import DatasetSpec
 from saeops.runtime.data.loading import DatasetError, load_text_dataset
 from saeops.runtime.data.windows import Window, WindowBatch, pack_windows
-from saeops.runtime.spec.common import DatasetSpec
 
 Batch = dict[str, torch.Tensor]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from saeops.runtime.spec import SpecError
+from saeops.api import SpecError
 
 log = logging.getLogger("saeops.distributed")
 

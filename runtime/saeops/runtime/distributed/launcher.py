@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from saeops.api import SAETrainingRun
 from saeops.runtime.distributed.preemption import EXIT_PREEMPTED, PREEMPTED_MARKER
-from saeops.runtime.spec import SAETrainingRun
 
 log = logging.getLogger("saeops.distributed")
 

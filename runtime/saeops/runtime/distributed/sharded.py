@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saeops.api import DictionarySpec, SpecError
 from saeops.runtime.distributed.collectives import copy_to_group, gather_cat, reduce_from_group
 from saeops.runtime.distributed.context import Group
 from saeops.runtime.models import FeatureActs, LossContext, LossOutput, _ops
 from saeops.runtime.models.losses import mse_loss
 from saeops.runtime.models.normalize import norm_factor
 from saeops.runtime.models.sae import SparseAutoEncoder
-from saeops.runtime.spec import DictionarySpec, SpecError
 
 SHARD_DIM = {"W_enc": 1, "b_enc": 0, "W_dec": 0}
 """Dimension along which each sharded parameter is split; the rest are replicated."""

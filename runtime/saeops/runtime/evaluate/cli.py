@@ -44,9 +44,9 @@ def eval_tokens(lm: Any, dataset_spec: Any, n_tokens: int) -> torch.Tensor:
 def evaluate_run(location: str, *, tokens: int, batch_size: int = 8, device: str | None = None,
                  write: bool = True) -> dict[str, Any]:
     """Evaluate the run stored at `location`; returns the eval dict (also written to metrics.json)."""
+    from saeops.api import SAETrainingRun
     from saeops.runtime.lm import load_language_model
     from saeops.runtime.models import load_dictionary
-    from saeops.runtime.spec import SAETrainingRun
     from saeops.runtime.storage import open_storage
 
     storage = open_storage(location)

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import SparseDictionary
 from saeops.runtime.models.normalize import fold_dataset_norm
-from saeops.runtime.spec.training import DictionarySpec
 
 log = logging.getLogger("saeops.export")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from saeops.runtime.spec.common import ModelSpec
+from saeops.api.common import ModelSpec
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

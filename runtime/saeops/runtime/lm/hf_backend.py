@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from saeops.api.common import ModelSpec
 from saeops.runtime.lm.base import (
     LanguageModel,
     StopForward,
@@ -15,7 +16,6 @@ from saeops.runtime.lm.base import (
     resolve_local_path,
 )
 from saeops.runtime.lm.tl_backend import checkpoint_has_lm_head
-from saeops.runtime.spec.common import ModelSpec
 
 INPUT_SUFFIX = ":input"
 

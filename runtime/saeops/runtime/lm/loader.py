@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from saeops.api.common import ModelSpec
 from saeops.runtime.lm.base import LanguageModel, offline, resolve_device, resolve_local_path
 from saeops.runtime.lm.tokenizer import ByteTokenizer
-from saeops.runtime.spec.common import ModelSpec
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from saeops.api.common import ModelSpec
 from saeops.runtime.lm.base import LanguageModel, StopForward, offline, resolve_local_path
 from saeops.runtime.lm.tokenizer import ByteTokenizer
-from saeops.runtime.spec.common import ModelSpec
 
 LM_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration")
 

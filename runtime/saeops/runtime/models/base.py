@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from saeops.api.training import DictionarySpec, TrainerSpec
 from saeops.runtime.models import _ops
 from saeops.runtime.models.normalize import norm_factor
-from saeops.runtime.spec.training import DictionarySpec, TrainerSpec
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "config.json"

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models import _ops
 from saeops.runtime.models.activation import BatchTopK, JumpReLU, ReLU, TopK
 from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
@@ -49,7 +50,6 @@ from saeops.runtime.models.losses import (
     tanh_loss,
     tanh_quad_loss,
 )
-from saeops.runtime.spec.training import DictionarySpec
 
 
 class CrossLayerTranscoder(SparseDictionary):

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput
 from saeops.runtime.models.hooks import layer_of
 from saeops.runtime.models.normalize import compute_dataset_norm_factor
-from saeops.runtime.spec.training import DictionarySpec
 
 if TYPE_CHECKING:
     from saeops.runtime.models.clt import CrossLayerTranscoder

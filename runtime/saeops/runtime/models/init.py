@@ -19,9 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from saeops.api.training import DictionarySpec, InitializerSpec
 from saeops.runtime.models.base import LossContext, SparseDictionary
 from saeops.runtime.models.normalize import compute_dataset_norm_factor
-from saeops.runtime.spec.training import DictionarySpec, InitializerSpec
 
 GRID_SEARCH_MAX_TOKENS = 8192
 """Tokens of the sample used per grid-search evaluation (the MSE estimate is already stable)."""

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from saeops.api.training import InitializerSpec
 from saeops.runtime.models.base import SparseDictionary
 from saeops.runtime.models.hooks import is_mlp_pair, layer_of
-from saeops.runtime.spec.training import InitializerSpec
 
 log = logging.getLogger("saeops.models")
 

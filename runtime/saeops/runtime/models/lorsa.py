@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saeops.api.training import DictionarySpec, LorsaSpec
 from saeops.runtime.models.activation import JumpReLU, build_activation
 from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
 from saeops.runtime.models.hooks import is_attention_output, layer_of
@@ -36,7 +37,6 @@ from saeops.runtime.models.losses import (
     resolve_sparsity_loss_type,
     tanh_loss,
 )
-from saeops.runtime.spec.training import DictionarySpec, LorsaSpec
 
 
 def check_lorsa_spec(spec: DictionarySpec, d_sae: int) -> LorsaSpec:

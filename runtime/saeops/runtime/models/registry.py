@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import WEIGHTS_FILE, SparseDictionary, read_config
 from saeops.runtime.models.clt import CrossLayerTranscoder
 from saeops.runtime.models.lorsa import LowRankSparseAttention
 from saeops.runtime.models.sae import SparseAutoEncoder
 from saeops.runtime.models.transcoder import Transcoder
-from saeops.runtime.spec.training import DictionarySpec
 
 DICTIONARIES: dict[str, type[SparseDictionary]] = {
     "sae": SparseAutoEncoder,

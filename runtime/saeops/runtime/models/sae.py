@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models import _ops
 from saeops.runtime.models.activation import JumpReLU, build_activation
 from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
@@ -33,7 +34,6 @@ from saeops.runtime.models.losses import (
     tanh_loss,
     tanh_quad_loss,
 )
-from saeops.runtime.spec.training import DictionarySpec
 
 
 class SparseAutoEncoder(SparseDictionary):

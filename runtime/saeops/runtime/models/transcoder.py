@@ -19,9 +19,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import FeatureActs
 from saeops.runtime.models.sae import SparseAutoEncoder
-from saeops.runtime.spec.training import DictionarySpec
 
 log = logging.getLogger("saeops.models")
 

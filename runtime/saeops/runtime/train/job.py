@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
+from saeops.api import SAETrainingRun, SpecError
 from saeops.runtime.artifacts import write_artifacts
 from saeops.runtime.runner import RunResult, check_dataset_path, check_hook_points, open_output, pick_device
-from saeops.runtime.spec import SAETrainingRun, SpecError
 from saeops.runtime.telemetry import RunMetrics
 from saeops.runtime.train.checkpoint import Checkpointer
 from saeops.runtime.train.trainer import Trainer

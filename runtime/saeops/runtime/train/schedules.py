@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from saeops.runtime.spec import DictionarySpec, TrainerSpec, resolve_steps
+from saeops.api import DictionarySpec, TrainerSpec, resolve_steps
 
 
 def lr_factor(step: int, trainer: TrainerSpec) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from saeops.runtime.spec import SAETrainingRunSpec, SpecError
+from saeops.api import SAETrainingRunSpec, SpecError
 
 Batch = dict[str, torch.Tensor]
 

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import torch
 
+from saeops.api import DictionarySpec, TrainerSpec
 from saeops.runtime.models import FeatureActs, LossContext, SparseDictionary
-from saeops.runtime.spec import DictionarySpec, TrainerSpec
 from saeops.runtime.train.metrics import FeatureTracker, MetricWindow
 from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from saeops.runtime.spec.base import SpecModel
-from saeops.runtime.spec.common import TorchDtype
+from saeops.api.base import SpecModel
+from saeops.api.common import TorchDtype
 
 ActFn = Literal["relu", "jumprelu", "topk", "batchtopk", "layertopk", "batchlayertopk"]
 TOPK_FAMILY = ("topk", "batchtopk", "layertopk", "batchlayertopk")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from saeops.runtime.spec.base import SpecModel
+from saeops.api.base import SpecModel
 
 TorchDtype = Literal["float32", "float16", "bfloat16"]
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -1,10 +1,13 @@
-"""The one spec: pydantic models that define the CRDs, drive the operator and configure the runtime.
+"""The neutral layer: what the operator and the runtime share, and nothing of either.
 
-Imports pydantic and PyYAML only (the operator imports this without torch).
+The one spec (pydantic models that define the CRDs, drive the operator and configure the
+runtime), the manifest loader, Kubernetes names and labels, sweep planning and the Pareto
+front. Imports pydantic and PyYAML only: `saeops.operator` and `saeops.runtime` import this
+package and never each other (docs/architecture.md).
 """
 
-from saeops.runtime.spec.base import API_GROUP, API_VERSION, SpecModel
-from saeops.runtime.spec.common import (
+from saeops.api.base import API_GROUP, API_VERSION, SpecModel
+from saeops.api.common import (
     DatasetSpec,
     FailurePolicy,
     Metadata,
@@ -18,7 +21,8 @@ from saeops.runtime.spec.common import (
     SecretRef,
     Toleration,
 )
-from saeops.runtime.spec.load import (
+from saeops.api.load import (
+    EXIT_BAD_INPUT,
     SpecError,
     apply_overrides,
     format_validation_error,
@@ -27,7 +31,7 @@ from saeops.runtime.spec.load import (
     read_document,
     set_path,
 )
-from saeops.runtime.spec.resources import (
+from saeops.api.resources import (
     KINDS,
     ActivationCache,
     ActivationCacheSpec,
@@ -46,7 +50,7 @@ from saeops.runtime.spec.resources import (
     SweepStatus,
     TrialSummary,
 )
-from saeops.runtime.spec.training import (
+from saeops.api.training import (
     TOPK_FAMILY,
     ActivationsSpec,
     AnalysisSpec,
@@ -62,6 +66,7 @@ from saeops.runtime.spec.training import (
 __all__ = [
     "API_GROUP",
     "API_VERSION",
+    "EXIT_BAD_INPUT",
     "KINDS",
     "TOPK_FAMILY",
     "ActivationCache",

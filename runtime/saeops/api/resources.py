@@ -6,8 +6,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from saeops.runtime.spec.base import API_VERSION, SpecModel
-from saeops.runtime.spec.common import (
+from saeops.api.base import API_VERSION, SpecModel
+from saeops.api.common import (
     DatasetSpec,
     Metadata,
     MetricsSpec,
@@ -17,7 +17,7 @@ from saeops.runtime.spec.common import (
     SchedulingFields,
     TorchDtype,
 )
-from saeops.runtime.spec.training import (
+from saeops.api.training import (
     ActivationsSpec,
     AnalysisSpec,
     DictionarySpec,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
-from saeops.runtime.spec import API_GROUP, API_VERSION
+from saeops.api.base import API_GROUP, API_VERSION
 
 GROUP = API_GROUP
 VERSION = API_VERSION.split("/", 1)[1]
@@ -80,3 +81,16 @@ def kind_label(kind: str) -> str:
 
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 """RFC 1123 label (what every child name must match)."""
+
+
+def owner_reference(resource: dict[str, Any]) -> dict[str, Any]:
+    """A controller owner reference to `resource` (a manifest dict with metadata.uid)."""
+    meta = resource.get("metadata", {})
+    return {
+        "apiVersion": resource.get("apiVersion", API),
+        "kind": resource["kind"],
+        "name": meta["name"],
+        "uid": meta.get("uid") or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

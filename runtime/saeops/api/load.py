@@ -12,7 +12,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from saeops.runtime.spec.resources import KINDS, AnyResource
+from saeops.api.resources import KINDS, AnyResource
+
+EXIT_BAD_INPUT = 2
+"""Exit status of every command given bad input (after one `error:` line)."""
 
 
 class SpecError(ValueError):

@@ -6,12 +6,11 @@ exist, so trial names and values are reproducible and raising maxTrials only app
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from typing import Any
 
-from saeops.runtime.spec import SAESweepSpec, SweepParameter
+from saeops.api import SAESweepSpec, SweepParameter
 
 Assignment = dict[str, Any]
 
@@ -76,8 +75,3 @@ def assignment(spec: SAESweepSpec, index: int) -> Assignment:
     rnd = random.Random(f"{spec.search_algorithm.seed}:{index}")
     return {p.name: _sample(p, rnd) for p in spec.parameters}
 
-
-def grid(spec: SAESweepSpec) -> list[Assignment]:
-    """Every grid assignment in index order (for tests and `saeops render`)."""
-    axes = [_grid_values(p) for p in spec.parameters]
-    return [{p.name: v for p, v in zip(spec.parameters, combo, strict=True)} for combo in itertools.product(*axes)]

@@ -1,7 +1,8 @@
-"""`saeops` command line. Bad input prints one line and exits 2.
+"""`saeops` command line: the layer above the operator and the runtime. Bad input prints one
+`error:` line and exits 2.
 
-Subcommands import their machinery lazily so `saeops validate` and `saeops render` stay fast
-and the operator never pulls in torch.
+Subcommands import their plane lazily: `saeops validate` and `saeops render` stay fast, and
+`saeops operator` never pulls in torch.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from saeops.runtime.spec import SpecError, load_resource
-
-EXIT_BAD_INPUT = 2
+from saeops.api import EXIT_BAD_INPUT, SpecError, load_resource
 
 
 def _fail(msg: str) -> int:
@@ -66,7 +65,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 def cmd_operator(args: argparse.Namespace) -> int:
     from saeops.operator.cli import run_operator
 
-    return run_operator(args.operator_args)
+    return run_operator(args.rest)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -99,6 +98,14 @@ def cmd_data_python_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+PASSTHROUGH = {
+    "analyze": (cmd_analyze, "top activations, feature cards and an HTML report for a run (RUN_URI ...)"),
+    "eval": (cmd_eval, "splice a run's dictionary into the model: loss recovered, KL (RUN_URI ...)"),
+    "operator": (cmd_operator, "run the kopf operator (see `saeops operator --help`)"),
+}
+"""Subcommands that parse their own arguments (and --help)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="saeops", description="Train sparse dictionaries on LM activations.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -126,17 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write copies here too (e.g. helm/saeops/crds)")
     s.set_defaults(func=cmd_crds)
 
-    s = sub.add_parser("operator", help="run the kopf operator")
-    s.add_argument("operator_args", nargs=argparse.REMAINDER, help="--namespace NS | --all-namespaces ...")
-    s.set_defaults(func=cmd_operator)
-
-    for name, func, help in (
-        ("analyze", cmd_analyze, "top activations, feature cards and an HTML report for a run (RUN_URI ...)"),
-        ("eval", cmd_eval, "splice a run's dictionary into the model: loss recovered, KL (RUN_URI ...)"),
-    ):
-        s = sub.add_parser(name, help=help, add_help=False)
-        s.add_argument("rest", nargs=argparse.REMAINDER)
-        s.set_defaults(func=func)
+    for name, (_, help) in PASSTHROUGH.items():
+        # Listed for `saeops --help`; main() hands their arguments over before argparse runs.
+        sub.add_parser(name, help=help, add_help=False)
 
     cache = sub.add_parser("cache", help="activation caches").add_subparsers(dest="cache_cmd", required=True)
     s = cache.add_parser("inspect", help="summarise a cache")
@@ -150,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PASSTHROUGH = {"analyze": cmd_analyze, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # These own their argument parsing (and --help); argparse.REMAINDER would eat neither.
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            return int(PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:])) or 0)
+            return int(PASSTHROUGH[argv[0]][0](argparse.Namespace(rest=argv[1:])) or 0)
         except SpecError as e:
             return _fail(str(e))
     args = build_parser().parse_args(argv)

@@ -14,7 +14,6 @@ from pydantic.alias_generators import to_camel
 
 API_GROUP = "saeops.io"
 API_VERSION = "saeops.io/v1alpha1"
-Dtype = str  # narrowed with Literal at each use; kept as an alias for readability
 
 
 class SpecModel(BaseModel):
