@@ -105,8 +105,7 @@ class Kernels:
         xf = _flat(x)
         prims = self.primitives(W_enc.device)
         if prims is None:
-            fn = reference.batchtopk_encode if batch_topk else reference.topk_encode
-            values, indices = fn(xf, W_enc, b_enc, k, score_scale, input_bias)
+            values, indices = reference.encode(xf, W_enc, b_enc, k, score_scale, input_bias, batch_topk)
         else:
             values, indices = SparseEncode.apply(
                 xf, W_enc, b_enc, score_scale, input_bias, k, batch_topk, prims, self.workspace

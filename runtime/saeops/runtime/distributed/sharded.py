@@ -148,10 +148,6 @@ class ShardedSAE(SparseDictionary):
 
     # -- the dictionary --------------------------------------------------------------------
 
-    def decoder_norms(self) -> Tensor:
-        """This rank's latents' decoder norms (they gate its own candidates)."""
-        return self.W_dec.norm(dim=-1)
-
     def centre(self, x_n: Tensor) -> Tensor:
         return x_n if self.b_dec is None else x_n - self.b_dec
 

@@ -35,6 +35,10 @@ def batchtopk_select(pre: Tensor, k: int, score_scale: Tensor | None = None) -> 
     return (pre.gather(-1, indices) * keep).relu(), indices
 
 
+DEFAULT_THRESHOLD = 0.1
+"""JumpReLU's initial threshold (in score space)."""
+
+
 class ActivationFunction(nn.Module):
     """Base: `forward(pre, *, k=None, score_scale=None) -> FeatureActs`."""
 
@@ -82,10 +86,16 @@ class _JumpReLUSTE(torch.autograd.Function):
 class JumpReLU(ActivationFunction):
     """`f = pre * H(score - e^t)` with a learned log threshold `t` per latent (see `_JumpReLUSTE`)."""
 
-    def __init__(self, d_sae: int, window: float, *, init_threshold: float = 0.1, dtype: torch.dtype | None = None):
+    def __init__(self, d_sae: int, window: float, *, dtype: torch.dtype | None = None):
         super().__init__()
         self.window = float(window)
-        self.log_jumprelu_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold), dtype=dtype))
+        self.log_jumprelu_threshold = nn.Parameter(torch.empty(d_sae, dtype=dtype))
+        self.reset_threshold()
+
+    @torch.no_grad()
+    def reset_threshold(self, log_threshold: float | None = None) -> None:
+        """Every log threshold to `log_threshold` (`initLogJumpreluThresholdValue`); None: log(0.1)."""
+        self.log_jumprelu_threshold.fill_(math.log(DEFAULT_THRESHOLD) if log_threshold is None else log_threshold)
 
     @property
     def threshold(self) -> Tensor:

@@ -8,11 +8,10 @@ entirely in the normalised space (so logged MSE is comparable across models).
 Parameter layout (SAELens-compatible): `W_enc (d_in, d_sae)`, `b_enc (d_sae,)`,
 `W_dec (d_sae, d_out)`, `b_dec (d_out,)`.
 
-What a kind provides: `_encode_normed`, `decode`, `decoder_norms`, `set_decoder_norm`,
-`decoder_rows` (Aux-K) and `_fold_norm_factors`; it may override the batch preparation
+What a kind provides: `_encode_normed`, `decode` and `_fold_norm_factors`; it may override the batch preparation
 (`prepare_batch`), the token rows the loss is averaged over (`_per_token`), the path from
 latents to reconstruction (`_reconstruct_from`, `_reconstruct_normed`) and the defaults below
-(one layer, no per-layer metrics, no centring, unsharded state).
+(one layer, no per-layer metrics, no centring, unsharded state, decoder rows in `W_dec`).
 """
 
 from __future__ import annotations
@@ -55,6 +54,9 @@ class SparseDictionary(nn.Module):
     """Output layers the reconstruction spans (a CLT's L)."""
     activation: nn.Module
     """The activation function (`activation.build_activation`)."""
+    W_dec: Tensor
+    """Decoder rows `(d_sae, d_out)` (Lorsa's `W_O`). A CLT keeps one block per target layer
+    instead, and overrides the methods below that read this."""
     initialize_from_sample: Callable[..., None] | None = None
     """A kind whose parameters are not one (W_enc, W_dec) pair (CLT, Lorsa) initialises itself
     from a sample: `initialize_from_sample(initializer, sample_in, sample_out, *, k=None)`,
@@ -150,11 +152,11 @@ class SparseDictionary(nn.Module):
 
     def decoder_norms(self) -> Tensor:
         """`(d_sae,)` L2 norms of the decoder rows (differentiable)."""
-        raise NotImplementedError
+        return self.W_dec.norm(dim=-1)
 
     def decoder_rows(self, latents: Tensor) -> Tensor:
         """`(n, d)` decoder rows of `latents`, flattened as `_per_token` flattens the output (Aux-K)."""
-        raise NotImplementedError
+        return self.W_dec[latents]
 
     def latent_pre(self, x_n: Tensor, latents: Tensor) -> Tensor:
         """`(B, n)` pre-activations of `latents`, for encoders that return no dense `hidden_pre`."""
@@ -168,7 +170,8 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def set_decoder_norm(self, norm: float | Tensor) -> None:
         """Scale every decoder row to `norm` (a scalar or a `(d_sae,)` tensor)."""
-        raise NotImplementedError
+        target = torch.as_tensor(norm, dtype=self.W_dec.dtype, device=self.W_dec.device)
+        self.W_dec.mul_((target / self.decoder_norms().clamp_min(1e-12)).reshape(-1, 1))
 
     @torch.no_grad()
     def load_weights(self, tensors: dict[str, Tensor]) -> None:

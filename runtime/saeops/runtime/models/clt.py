@@ -217,10 +217,8 @@ class CrossLayerTranscoder(SparseDictionary):
             self.b_dec.copy_(torch.stack([geometric_median(y_n[:, t]) for t in range(L)]))
         else:
             self.b_dec.zero_()
-        jump = self.jumprelu
-        if jump is not None:
-            log_t = spec.init_log_jumprelu_threshold_value
-            jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
+        if self.jumprelu is not None:
+            self.jumprelu.reset_threshold(spec.init_log_jumprelu_threshold_value)
         if spec.grid_search_init_norm:
             ctx = LossContext(k=k)
             xs, ys = x_in[:GRID_SEARCH_MAX_TOKENS], x_out[:GRID_SEARCH_MAX_TOKENS]

@@ -115,17 +115,6 @@ class LowRankSparseAttention(SparseDictionary):
         """The decoder: `W_O`."""
         return self.W_O
 
-    def decoder_norms(self) -> Tensor:
-        return self.W_O.norm(dim=-1)
-
-    def decoder_rows(self, latents: Tensor) -> Tensor:
-        return self.W_O[latents]
-
-    @torch.no_grad()
-    def set_decoder_norm(self, norm: float | Tensor) -> None:
-        target = torch.as_tensor(norm, dtype=self.W_O.dtype, device=self.W_O.device)
-        self.W_O.mul_((target / self.decoder_norms().clamp_min(1e-12)).reshape(-1, 1))
-
     def patterns(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """`(B, n_qk, T, T)` causal attention patterns of normalised `x (B, T, d_in)`."""
         q = torch.einsum("btd,hdk->bhtk", x, self.W_Q) + self.b_Q[None, :, None]
@@ -204,10 +193,8 @@ class LowRankSparseAttention(SparseDictionary):
             self.b_O.copy_(geometric_median(y_tok))
         else:
             self.b_O.zero_()
-        jump = self.jumprelu
-        if jump is not None:
-            log_t = spec.init_log_jumprelu_threshold_value
-            jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
+        if self.jumprelu is not None:
+            self.jumprelu.reset_threshold(spec.init_log_jumprelu_threshold_value)
         if spec.grid_search_init_norm:
             xs, ys = x_in[:GRID_SEARCH_MAX_SEQUENCES], x_out[:GRID_SEARCH_MAX_SEQUENCES]
             ctx = LossContext(k=k)

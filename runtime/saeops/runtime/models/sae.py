@@ -85,17 +85,6 @@ class SparseAutoEncoder(SparseDictionary):
 
     # -- pieces --------------------------------------------------------------------------
 
-    def decoder_norms(self) -> Tensor:
-        return self.W_dec.norm(dim=-1)
-
-    def decoder_rows(self, latents: Tensor) -> Tensor:
-        return self.W_dec[latents]
-
-    @torch.no_grad()
-    def set_decoder_norm(self, norm: float | Tensor) -> None:
-        target = torch.as_tensor(norm, dtype=self.W_dec.dtype, device=self.W_dec.device)
-        self.W_dec.mul_((target / self.decoder_norms().clamp_min(1e-12)).reshape(-1, 1))
-
     def centre(self, x_n: Tensor) -> Tensor:
         """Subtract b_dec from normalised input (identity without a decoder bias)."""
         return x_n if self.b_dec is None or not self.centres_input else x_n - self.b_dec
