@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from saeops.api.training import DictionarySpec
@@ -321,8 +322,6 @@ class SparseDictionary(nn.Module):
     def save(self, directory: str | Path) -> Path:
         """Write `sae.safetensors` (contiguous CPU tensors) and `config.json` into a local
         directory; returns it."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.weights_dict().items()}
