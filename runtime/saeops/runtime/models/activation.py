@@ -116,25 +116,21 @@ class JumpReLU(ActivationFunction):
 class TopK(ActivationFunction):
     """Keep the k largest scores per token (values `relu(pre)`); L0 == k."""
 
+    select = staticmethod(topk_select)
+
     def __init__(self, default_k: int):
         super().__init__()
         self.default_k = default_k
 
     def forward(self, pre: Tensor, *, k: int | None = None, score_scale: Tensor | None = None) -> FeatureActs:
-        values, indices = topk_select(pre, k or self.default_k, score_scale)
+        values, indices = self.select(pre, k or self.default_k, score_scale)
         return FeatureActs.from_sparse(values, indices, pre.shape[-1], hidden_pre=pre)
 
 
-class BatchTopK(ActivationFunction):
+class BatchTopK(TopK):
     """Keep the `k * B` largest scores over the whole batch (an average L0 of k per token)."""
 
-    def __init__(self, default_k: int):
-        super().__init__()
-        self.default_k = default_k
-
-    def forward(self, pre: Tensor, *, k: int | None = None, score_scale: Tensor | None = None) -> FeatureActs:
-        values, indices = batchtopk_select(pre, k or self.default_k, score_scale)
-        return FeatureActs.from_sparse(values, indices, pre.shape[-1], hidden_pre=pre)
+    select = staticmethod(batchtopk_select)
 
 
 def build_activation(
