@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from saeops.api import KINDS
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.reconcile import reconcile
 from saeops.operator.state import Observed, ObservedSweep
 from saeops.operator.sweep import reconcile_sweep
@@ -58,13 +59,14 @@ def mutated(draw, bases):
 
 
 def _valid(doc: dict) -> bool:
+    """Valid for the spec models and for a cluster (e.g. no relative storageUri)."""
     cls = KINDS[doc["kind"]]
     try:
-        cls.model_validate({**{k: doc[k] for k in ("apiVersion", "kind", "spec")},
-                            "metadata": {"name": doc["metadata"]["name"], "namespace": "default"}})
+        model = cls.model_validate({**{k: doc[k] for k in ("apiVersion", "kind", "spec")},
+                                    "metadata": {"name": doc["metadata"]["name"], "namespace": "default"}})
     except (ValidationError, ValueError, TypeError):
         return False
-    return True
+    return ClusterPolicy().check(model, "default") is None
 
 
 def _aliases() -> set[str]:
