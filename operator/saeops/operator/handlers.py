@@ -146,6 +146,8 @@ class Operator:
             try:
                 await self.apply(res, desired)
             except WriteRefused as again:
+                if not again.error.permanent:
+                    raise again.error from None  # another namesake appeared: back off and look again
                 self._given_up[key] = generation
                 log.error("%s %s/%s: giving up on this generation: %s", kind, namespace, name, again)
                 return
