@@ -241,3 +241,12 @@ def test_network_policy_fences_the_run():
     off = render_children(doc, parse_resource({k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec")}),
                           policy=ClusterPolicy(network_policy=False))
     assert [c["kind"] for c in off] == ["ConfigMap", "Service", "Job"]
+
+
+def test_render_output_has_no_shared_objects():
+    """`saeops render` prints YAML: a dict used twice would print as an anchor and an alias."""
+    import yaml
+
+    for doc in (quickstart(), cache_doc()):
+        text = yaml.safe_dump_all(_children(doc), sort_keys=False)
+        assert "&id" not in text and "*id" not in text

@@ -6,6 +6,7 @@ Everything here is a function of the resource, the cluster policy (and, for a ru
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -137,17 +138,16 @@ def render_network_policy(resource: Obj, metrics_port: int, policy: ClusterPolic
     port from the policy's peers (the operator, Prometheus). Egress is left open: pods reach
     object storage and model hubs the cluster admin knows better than we do."""
     kind, name = resource["kind"], resource["metadata"]["name"]
-    pods = {"matchLabels": selector_labels(kind, name)}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _meta(resource, names.network_policy_name(kind, name)),
         "spec": {
-            "podSelector": pods,
+            "podSelector": {"matchLabels": selector_labels(kind, name)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"from": [{"podSelector": pods}]},
-                {"from": [dict(peer) for peer in policy.metrics_from],
+                {"from": [{"podSelector": {"matchLabels": selector_labels(kind, name)}}]},
+                {"from": [copy.deepcopy(peer) for peer in policy.metrics_from],
                  "ports": [{"port": metrics_port, "protocol": "TCP"}]},
             ],
         },
@@ -323,7 +323,7 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         # Kueue admits a queued Job by unsuspending it.
         job_spec["suspend"] = True
     meta = _meta(resource, job)
-    meta["labels"] = labels
+    meta["labels"] = dict(labels)  # a copy: `saeops render` prints no YAML anchors
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
