@@ -131,3 +131,10 @@ def test_invalid_spec_deletes_every_owned_child_and_a_conflict_comes_first():
     d = reconcile(Observed(resource=res, **{**owned, "service": _foreign(obs.service)}), T0)
     assert cond(d.status, "Failed")["reason"] == "NameConflict"
     assert {r.kind for r in d.delete} == {"ConfigMap", "NetworkPolicy", "Job"}
+
+
+def test_a_namesake_seen_twice_is_named_once():
+    _, obs = step(Observed(resource=quickstart()))
+    theirs = _foreign(obs.job)
+    d = reconcile(Observed(resource=quickstart(), job=theirs, foreign=(theirs,)), T0)
+    assert cond(d.status, "Failed")["message"].count("quickstart-run") == 1

@@ -70,13 +70,17 @@ class RunPass:
         # Children this resource owns; anything else under a child's name is foreign.
         uid = self.meta.get("uid")
         self.own: dict[str, Obj | None] = {}
-        self.foreign: list[Obj] = [o for o in obs.foreign if not names.owned_by(o, uid)]
+        foreign: dict[tuple[str, str], Obj] = {}
         for field, _, kind in CHILDREN:
             obj = getattr(obs, field)
             if obj is not None and not names.owned_by(obj, uid):
-                self.foreign.append({**obj, "kind": obj.get("kind") or kind})
+                foreign[(obj.get("kind") or kind, _dict(obj.get("metadata")).get("name", ""))] = {"kind": kind, **obj}
                 obj = None
             self.own[field] = obj
+        for obj in obs.foreign:  # found by a 409 (usually also seen above)
+            if not names.owned_by(obj, uid):
+                foreign.setdefault((obj.get("kind", ""), _dict(obj.get("metadata")).get("name", "")), obj)
+        self.foreign = list(foreign.values())
         self.job_obj = self.own["job"]
         self.pods = obs.pods if self.job_obj is not None else ()
 
