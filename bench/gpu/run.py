@@ -61,7 +61,7 @@ except ImportError:
 cuda = torch.cuda.is_available()
 print(json.dumps({"python": platform.python_version(), "torch": torch.__version__, "triton": tv,
     "gpu": torch.cuda.get_device_name(0) if cuda else "none",
-    "peers importable here": ", ".join(m for m in ("sparsify", "sae_lens", "pydantic") if importlib.util.find_spec(m))}))
+    "importable": ", ".join(m for m in ("sparsify", "sae_lens", "pydantic") if importlib.util.find_spec(m))}))
 """
 
 
@@ -77,8 +77,11 @@ class Runner:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         paths = [HERE, HERE.parent / "peers", REPO / "runtime", REPO / "kernels", REPO]
         self.env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
-        if tiny:  # the C++ CPU kernels' first build (~40 s) is beside the point of a tiny run
+        if tiny:  # the C++ CPU kernels' first build (~40 s) is beside the point of a tiny run,
             self.env.setdefault("SAEOPS_CPU_EXT", "0")
+            # and so is interpreted Triton (seconds per step; the kernel tests set it themselves,
+            # and a pytest session that imported them leaves it in the environment).
+            self.env.pop("TRITON_INTERPRET", None)
 
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.start:6.1f}s] {msg}"
@@ -96,14 +99,21 @@ class Runner:
         self.log(f"$ {' '.join(cmd)}  (limit {limit:.0f} s)")
         t0 = time.monotonic()
         with tempfile.TemporaryFile("w+") as buf:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env or self.env, stdout=buf, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True)  # fmt: skip
+            rc: int | None
             try:
-                rc: int | None = proc.wait(timeout=limit)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                rc = None
+                proc = subprocess.Popen(cmd, cwd=cwd, env=env or self.env, stdout=buf, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)  # fmt: skip
+            except OSError as e:  # not there, not executable: a failed part, not a failed run
+                buf.write(f"could not start: {e}\n")
+                rc = 127
+            else:
+                try:
+                    rc = proc.wait(timeout=limit)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    rc = None
             buf.seek(0)
             text = buf.read()
         secs = time.monotonic() - t0

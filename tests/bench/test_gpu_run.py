@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ GPU = REPO / "bench" / "gpu"
 sys.path.insert(0, str(GPU))
 
 import report  # noqa: E402
+import run as run_py  # noqa: E402
 import shapes  # noqa: E402
 import synth  # noqa: E402
 
@@ -76,31 +78,47 @@ def test_tiny_run_measures_every_part_and_writes_the_table(tmp_path: Path) -> No
         assert f"| {key} | saeops " in md and f"| {key} (" in md
 
 
-def test_a_broken_or_missing_peer_leaves_the_others(tmp_path: Path) -> None:
-    env = dict(os.environ, SAEOPS_SAELENS_PYTHON="/bin/false", SAEOPS_SPARSIFY_PYTHON=str(tmp_path / "none"))
-    proc = run(tmp_path, "--parts", "peers", "--peers", "sae-lens,sparsify,saeops", "--shapes", "small-fp32", env=env)
+def test_a_broken_peer_leaves_the_others_and_a_missing_one_reads_not_installed(tmp_path: Path) -> None:
+    if subprocess.run([sys.executable, "-c", "import sparsify"], capture_output=True).returncode == 0:
+        pytest.skip("this interpreter has sparsify")
+    # SAELens' "interpreter" fails at once; sparsify's runner starts after it, in an
+    # interpreter without sparsify, and says so itself (exit 3).
+    env = dict(os.environ, SAEOPS_SAELENS_PYTHON="/bin/false", SAEOPS_SPARSIFY_PYTHON=sys.executable)
+    proc = run(tmp_path, "--parts", "env,peers", "--peers", "sae-lens,sparsify", env=env)
     assert proc.returncode == 1, proc.stdout[-3000:]  # a part failed, yet everything was written
     head, _, peers = results(tmp_path)
     status = {p["name"]: p["status"] for p in head["parts"]}
-    assert status["peer sae-lens"] == "failed (exit 1)"
-    assert status["peer sparsify"].startswith("not installed") and "does not exist" in status["peer sparsify"]
-    assert status["peer saeops"] == "ok"
-    assert {r["library"]: r["status"] for r in peers} == {
-        "sae-lens": "failed (runner exited 1)", "sparsify": "not installed", "saeops": "ok"}
+    assert status == {"env": "ok", "peer sae-lens": "failed (exit 1)",
+                      "peer sparsify": "not installed (SAEOPS_SPARSIFY_PYTHON lacks it)"}
+    assert len(peers) == 8
+    assert all(r["status"] == "failed (runner exited 1)" for r in peers if r["library"] == "sae-lens")
+    assert all(r["status"].startswith("not installed (No module named") for r in peers if r["library"] == "sparsify")
     md = (tmp_path / "results.md").read_text()
     assert "| small-fp32 | sae-lens | failed (runner exited 1) |" in md
 
 
-def test_a_peer_without_its_library_reads_not_installed(tmp_path: Path) -> None:
-    # An interpreter that exists but lacks the library: the runner says so itself (exit 3).
-    env = dict(os.environ, SAEOPS_SPARSIFY_PYTHON=sys.executable)
-    if subprocess.run([sys.executable, "-c", "import sparsify"], capture_output=True).returncode == 0:
-        pytest.skip("this interpreter has sparsify")
-    proc = run(tmp_path, "--parts", "peers", "--peers", "sparsify", env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    head, _, peers = results(tmp_path)
-    assert head["parts"][0]["status"].startswith("not installed")
-    assert len(peers) == 4 and all(r["status"].startswith("not installed (No module named") for r in peers)
+def test_peer_interpreter_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SAEOPS_SPARSIFY_PYTHON", str(tmp_path / "nope"))
+    assert run_py.peer_python("sparsify", "SAEOPS_SPARSIFY_PYTHON", ()) == (
+        None, f"SAEOPS_SPARSIFY_PYTHON={tmp_path / 'nope'} does not exist")
+    monkeypatch.delenv("SAEOPS_SPARSIFY_PYTHON")
+    assert run_py.peer_python("saeops.runtime", None, ()) == (sys.executable, "this interpreter")
+    assert run_py.peer_python("json", "X", ()) == (sys.executable, "this interpreter")
+    py, why = run_py.peer_python("no_such_module_here", "SAEOPS_X_PYTHON", ("nowhere/python",))
+    assert py is None and "set SAEOPS_X_PYTHON" in why
+
+
+def test_a_hanging_part_is_killed_at_the_budget_and_reported(tmp_path: Path) -> None:
+    hang = tmp_path / "hang"  # an "interpreter" that never finishes, with a child of its own
+    hang.write_text("#!/bin/sh\nsleep 300 &\nwait\n")
+    hang.chmod(0o755)
+    env = dict(os.environ, SAEOPS_SAELENS_PYTHON=str(hang))
+    t0 = time.monotonic()
+    proc = run(tmp_path / "out", "--parts", "peers", "--peers", "sae-lens", "--budget", "8", env=env)
+    assert time.monotonic() - t0 < 60 and proc.returncode == 1
+    head, _, peers = results(tmp_path / "out")
+    assert head["parts"][0]["status"].startswith("failed (timed out after")
+    assert len(peers) == 4 and all(r["status"] == "failed (timed out)" for r in peers)
 
 
 @pytest.mark.parametrize(("args", "field"), [(["--shapes", "huge-fp8"], "--shapes"), (["--parts", "env,bake"], "--parts")])
