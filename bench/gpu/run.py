@@ -75,7 +75,9 @@ class Runner:
         self.deadline = self.start + budget
         self.parts: list[Part] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-        paths = [HERE, HERE.parent / "peers", REPO / "runtime", REPO / "kernels", REPO]
+        # The checkout's sources (the GPU machine has them on no path); each script's own
+        # folder comes first on its sys.path by itself, the runners add bench/peers.
+        paths = [REPO / "runtime", REPO / "kernels", REPO]
         self.env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
         if tiny:  # the C++ CPU kernels' first build (~40 s) is beside the point of a tiny run,
             self.env.setdefault("SAEOPS_CPU_EXT", "0")
