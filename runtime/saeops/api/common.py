@@ -231,7 +231,8 @@ class ResourceRequirements(SpecModel):
 
 
 class ResourcesSpec(SpecModel):
-    """How the job's pods are scheduled (used by the operator; ignored by `saeops run`)."""
+    """How the job's pods are scheduled (used by the operator). `saeops run` uses only the process
+    count, numNodes x numProcPerNode, which sets parallelism.data when that is left out."""
 
     image: Image = Field("ghcr.io/saeops/saeops:0.1.0", min_length=1)
     """Runtime container image."""
