@@ -4,6 +4,7 @@ file (or the --set path), never a traceback, and never a large allocation."""
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -118,8 +119,11 @@ def test_hostile_toml(tmp_path: Path, text: str, needle: str) -> None:
 def test_unreadable_paths(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="no such file"):
         read_document(tmp_path / "missing.yaml")
-    with pytest.raises(SpecError, match="no such file"):
+    with pytest.raises(SpecError, match="not a regular file"):
         read_document(tmp_path)  # a directory
+    os.mkfifo(tmp_path / "fifo.yaml")
+    with pytest.raises(SpecError, match="not a regular file"):
+        read_document(tmp_path / "fifo.yaml")  # would block a reader forever
 
 
 def test_json_nan_reaches_the_model_which_names_the_field(tmp_path: Path) -> None:

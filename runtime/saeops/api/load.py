@@ -43,7 +43,7 @@ def read_document(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
         if not p.is_file():
-            raise SpecError(f"{p}: no such file")
+            raise SpecError(f"{p}: not a regular file" if p.exists() else f"{p}: no such file")
         with p.open("rb") as f:
             data = f.read(MAX_BYTES + 1)  # never more, whatever the file claims to be
     except OSError as e:
