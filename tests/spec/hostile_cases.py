@@ -269,7 +269,7 @@ def cases() -> list[Case]:
         ("topk-true", "spec.sae.topK", True),
         ("topk-float", "spec.sae.topK", 4.0),
         ("topk-string", "spec.sae.topK", "4"),
-        ("topk-over-dsae", "spec.sae", {"hookPointIn": "h", "dSae": 8, "topK": 9}),
+        ("topk-over-dsae", "spec.sae", {"hookPointIn": "h", "actFn": "topk", "dSae": 8, "topK": 9}),
         ("topk-huge", "spec.sae.topK", 2**40),
         ("batch-float", "spec.trainer.batchSize", 64.0),
         ("batch-yaml12-float", "spec.trainer.batchSize", "@RAW@6.4e1"),

@@ -123,8 +123,21 @@ SUBPROCESS_SAMPLE = [  # (case, command): the heaviest inputs, each command thre
 ]
 
 
-def _limit_address_space() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_BYTES, LIMIT_BYTES))
+# The child limits its own address space and reports its peak RSS from /proc (VmHWM, since exec):
+# ru_maxrss from wait4 would carry the forking pytest process's high-water mark across exec.
+BOOT = f"""\
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_BYTES}, {LIMIT_BYTES}))
+from saeops.cli import main
+try:
+    rc = main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as f:
+        f.write(hwm)
+sys.exit(rc)
+"""
 
 
 def test_a_sample_as_real_processes_under_a_200_MiB_address_space(
@@ -140,9 +153,10 @@ def test_a_sample_as_real_processes_under_a_200_MiB_address_space(
         logs = tmp_path / f"{cid}.out", tmp_path / f"{cid}.err"
         before = snapshot(work)
         t0 = time.perf_counter()
+        hwm = tmp_path / f"{cid}.hwm"
         with logs[0].open("wb") as out, logs[1].open("wb") as err:
-            child = subprocess.Popen([sys.executable, "-m", "saeops.cli", command, str(manifest), *args],
-                                     cwd=work, stdout=out, stderr=err, preexec_fn=_limit_address_space)
+            child = subprocess.Popen([sys.executable, "-c", BOOT, str(hwm), command, str(manifest), *args],
+                                     cwd=work, stdout=out, stderr=err)
         deadline = time.monotonic() + HANG_S
         while (done := os.wait4(child.pid, os.WNOHANG))[0] == 0:
             if time.monotonic() > deadline:
@@ -155,7 +169,7 @@ def test_a_sample_as_real_processes_under_a_200_MiB_address_space(
         check_result(child.returncode, logs[0].read_text(), logs[1].read_text(), case.needle,
                      f"{cid} ({command}, subprocess)")
         cpu = usage.ru_utime + usage.ru_stime
-        rss = usage.ru_maxrss * 1024
+        rss = int(hwm.read_text()) * 1024
         assert rss <= LIMIT_BYTES, f"{cid}: peak RSS {rss / 2**20:.0f} MB"
         # The interpreter's start (imports) is most of it; the case itself is timed in-process.
         assert cpu <= LIMIT_S, f"{cid}: {cpu:.2f} s of CPU"
