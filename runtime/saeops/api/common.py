@@ -268,6 +268,26 @@ class ParallelismSpec(SpecModel):
     """Dictionary-parallel degree: d_sae is sharded across this many ranks."""
 
 
+def resolve_parallelism(par: ParallelismSpec, resources: ResourcesSpec) -> ParallelismSpec:
+    """`par` with `data` defaulted to numNodes x numProcPerNode / tensor, checked against the
+    process count torchrun will start (the pods fail at start otherwise)."""
+    procs = resources.num_nodes * resources.num_proc_per_node
+    where = (f"resources.numNodes x resources.numProcPerNode = {resources.num_nodes} x "
+             f"{resources.num_proc_per_node} = {procs} processes")
+    if "data" not in par.model_fields_set:
+        if procs % par.tensor:
+            raise ValueError(f"parallelism.tensor={par.tensor} does not divide {where}; "
+                             "make numNodes x numProcPerNode a multiple of tensor")
+        return ParallelismSpec(data=procs // par.tensor, tensor=par.tensor)
+    if par.data * par.tensor != procs:
+        raise ValueError(
+            f"parallelism.data x parallelism.tensor = {par.data} x {par.tensor} = {par.data * par.tensor} "
+            f"processes, but {where}; set parallelism.data to numNodes x numProcPerNode / tensor or "
+            "leave it out (that is its default)"
+        )
+    return par
+
+
 class FailurePolicy(SpecModel):
     """What the operator does when pods fail."""
 

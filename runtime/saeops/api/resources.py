@@ -15,9 +15,9 @@ from saeops.api.common import (
     ModelSpec,
     OutputSpec,
     ParallelismSpec,
-    ResourcesSpec,
     SchedulingFields,
     TorchDtype,
+    resolve_parallelism,
 )
 from saeops.api.training import (
     ActivationsSpec,
@@ -29,26 +29,6 @@ from saeops.api.training import (
 )
 
 MAX_D_ACTIVE_SUBSPACE = 131072
-
-
-def resolve_parallelism(par: ParallelismSpec, resources: ResourcesSpec) -> ParallelismSpec:
-    """`par` with `data` defaulted to numNodes x numProcPerNode / tensor, checked against the
-    process count torchrun will start (the pods fail at start otherwise)."""
-    procs = resources.num_nodes * resources.num_proc_per_node
-    where = (f"resources.numNodes x resources.numProcPerNode = {resources.num_nodes} x "
-             f"{resources.num_proc_per_node} = {procs} processes")
-    if "data" not in par.model_fields_set:
-        if procs % par.tensor:
-            raise ValueError(f"parallelism.tensor={par.tensor} does not divide {where}; "
-                             "make numNodes x numProcPerNode a multiple of tensor")
-        return ParallelismSpec(data=procs // par.tensor, tensor=par.tensor)
-    if par.data * par.tensor != procs:
-        raise ValueError(
-            f"parallelism.data x parallelism.tensor = {par.data} x {par.tensor} = {par.data * par.tensor} "
-            f"processes, but {where}; set parallelism.data to numNodes x numProcPerNode / tensor or "
-            "leave it out (that is its default)"
-        )
-    return par
 
 
 # ---------------------------------------------------------------- status
