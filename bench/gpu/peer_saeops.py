@@ -64,7 +64,7 @@ class Saeops:
             init_spec = a["InitializerSpec"](bias_init_method="geometric_median", grid_search_init_norm=True)
             sample = ctx.train[: init_spec.init_tokens]
             a["Initializer"](init_spec, seed=harness.SEED).initialize(model, sample, sample)
-        trainer = a["Trainer"](model, sae_spec, trainer_spec, hook_in=HOOK, hook_out=HOOK, device=ctx.device)
+        trainer = a["Trainer"](model, trainer_spec, device=ctx.device)
         ctx.sync()
         init_s = time.perf_counter() - t0
 
