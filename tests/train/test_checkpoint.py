@@ -319,3 +319,24 @@ def test_pruning_removes_crash_leftovers(tmp_path: Path) -> None:
         [in_flight.name, "latest.json", "step-00000006", "step-00000008"])
     assert not any(p.exists() for p in leftovers)
     assert sorted(p.name for p in (root / "step-00000006").iterdir()) == [MANIFEST, STATE, TENSORS]
+
+
+def test_on_s3_damage_falls_back_and_orphan_folders_go(s3_bucket: str) -> None:
+    from saeops.runtime.storage import open_storage
+
+    st = open_storage(f"{s3_bucket}/runs/r/checkpoints")
+    trainer, batch = make_trainer("topk")
+    ckpt = Checkpointer(st, keep=2)
+    for n in range(2):
+        steps(trainer, batch, 3, seed=n)
+        ckpt.save(trainer.model, trainer)
+    st.put_bytes(f"step-00000006/{TENSORS}", st.get_bytes(f"step-00000006/{TENSORS}")[:-1])
+    st.put_bytes(f"step-00000009/{TENSORS}", b"a crashed attempt's partial checkpoint")
+    state = ckpt.read_latest()
+    assert state is not None and state["step"] == 3
+    fresh, _ = make_trainer("topk", seed=5)
+    ckpt.restore(state, fresh.model, fresh)
+    steps(fresh, batch, 3, seed=1)
+    ckpt.save(fresh.model, fresh)  # step 6 again, over the damaged one
+    assert sorted({k.split("/")[0] for k in st.list("step-")}) == ["step-00000003", "step-00000006"]
+    assert_same(fresh.model.state_dict(), trainer.model.state_dict())

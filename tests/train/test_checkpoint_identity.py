@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from saeops.api import SAETrainingRun, parse_resource
+from saeops.api import SAETrainingRun, SpecError, parse_resource
 from saeops.cli import main
-from saeops.runtime.storage import LocalStorage
+from saeops.runtime.storage.local import TMP_SUFFIX
 from saeops.runtime.train.checkpoint_format import TENSORS
-from saeops.runtime.train.identity import describe_mismatch, run_identity, start_over
+from saeops.runtime.train.identity import describe_mismatch, force_new, run_identity
 from tests.distributed.conftest import assert_bitwise, latest_step, make_cache, manifest, weights
 from tests.train.test_checkpoint import malicious_pickle
 
@@ -183,21 +183,36 @@ def test_a_truncated_latest_checkpoint_falls_back(finished: dict[str, Path], fin
 # -- starting over ------------------------------------------------------------------------
 
 
-def test_start_over_deletes_the_previous_run_then_the_new_spec_trains(
+def test_force_new_deletes_the_previous_run_then_the_new_spec_trains(
         finished: dict[str, Path], cache: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = finished["local"]
     (out / "notes.txt").write_text("mine")  # not saeops': kept
     (out / "analysis").mkdir()
     (out / "analysis" / "report.html").write_text("<html>")
-    deleted = start_over(LocalStorage(out))
-    assert deleted[:3] == ["metrics.json", "checkpoints/latest.json", "config.json"]
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    (out / "checkpoints" / f".latest.json.x{TMP_SUFFIX}").write_text("left by a crash")
     d = doc(out, cache)
     d["spec"]["sae"]["topK"] = 8
+    deleted = force_new(parse_resource(d, "test"))
+    assert deleted[:3] == ["metrics.json", "checkpoints/latest.json", "config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     code, err = run(capsys, d)
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["run"]["spec"]["sae"]["topK"] == 8
     assert json.loads((out / "metrics.json").read_text())["final"]["l0"] == 8.0
+
+
+def test_force_new_is_for_training_runs_and_checks_the_output_first(tmp_path: Path, cache: str) -> None:
+    cache_doc = {"apiVersion": "saeops.io/v1alpha1", "kind": "ActivationCache", "metadata": {"name": "c"},
+                 "spec": {"model": {"name": "m", "native": {}}, "dataset": {"path": "builtin:python-docs"},
+                          "hookPoints": ["blocks.0.hook_resid_post"], "totalTokens": 1000,
+                          "output": {"storageUri": str(tmp_path / "c")}}}
+    with pytest.raises(SpecError, match="--force-new applies to SAETrainingRun, not ActivationCache"):
+        force_new(parse_resource(cache_doc, "test"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SpecError, match=r"spec\.output\.storageUri"):
+        force_new(parse_resource(doc(blocker / "out", cache), "test"))
+    assert blocker.read_text() == "x"
 
 
 # -- the identity itself ------------------------------------------------------------------

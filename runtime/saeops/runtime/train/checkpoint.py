@@ -6,9 +6,7 @@ files hold tensors and plain data only (`checkpoint_format`): nothing is ever un
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,8 +20,7 @@ from saeops.api.layout import LATEST, checkpoint_dir
 from saeops.runtime.distributed.context import DistContext
 from saeops.runtime.distributed.faults import maybe_fail
 from saeops.runtime.models import SparseDictionary
-from saeops.runtime.storage import LocalStorage, Storage, StorageError
-from saeops.runtime.storage.local import TMP_SUFFIX
+from saeops.runtime.storage import Storage, StorageError
 from saeops.runtime.train.checkpoint_format import (
     FORCE_NEW_HINT,
     FORMAT,
@@ -32,6 +29,7 @@ from saeops.runtime.train.checkpoint_format import (
     CheckpointDamaged,
     read_checkpoint,
     read_pointer,
+    remove_temp_files,
     step_of,
     write_checkpoint,
 )
@@ -152,33 +150,12 @@ class Checkpointer:
         Everything else is a leftover: older checkpoints, folders after `current` (a crashed
         attempt), folders without a manifest (a crash mid-write, or the old pickled format),
         and temp files of interrupted writes older than the checkpoint just written."""
-        self._remove_stale_temp(f"{checkpoint_dir(current)}/{MANIFEST}")
+        remove_temp_files(self.storage, older_than=f"{checkpoint_dir(current)}/{MANIFEST}")
         steps, complete = self._folders()
         kept = [s for s in steps if s <= current and s in complete][-self.keep:]
         for step in steps:
             if step not in kept and step != current:
                 self.storage.delete_prefix(checkpoint_dir(step) + "/")
-
-    def _remove_stale_temp(self, newest: str) -> None:
-        """Local storage commits by renaming a `*.saeops-tmp` file; a crash before the rename
-        leaves it (hidden from listings). S3 has no temp objects: a put is whole or absent."""
-        if not isinstance(self.storage, LocalStorage):
-            return
-        try:
-            cutoff = os.stat(self.storage.path(newest)).st_mtime_ns
-        except OSError:
-            return
-        root = self.storage.root
-        for dirpath, _dirs, files in os.walk(root, topdown=False):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                with contextlib.suppress(OSError):
-                    if name.endswith(TMP_SUFFIX) and os.stat(path).st_mtime_ns < cutoff:
-                        os.unlink(path)
-                        log.info("removed %s (left by an interrupted write)", path)
-            if dirpath != str(root) and step_of(os.path.basename(dirpath)) is not None:
-                with contextlib.suppress(OSError):  # only succeeds when the folder is empty
-                    os.rmdir(dirpath)
 
     # -- reading ------------------------------------------------------------------------
 

@@ -32,12 +32,18 @@ from typing import Any
 import xxhash
 from pydantic import BaseModel
 
-from saeops.api import SAETrainingRun, SpecError
+from saeops.api import AnyResource, SAETrainingRun, SpecError
 from saeops.api.layout import CHECKPOINTS, LATEST
+from saeops.runtime.runner import check_dataset_path, open_output
 from saeops.runtime.storage import KeyNotFound, Storage, StorageError
-from saeops.runtime.train.checkpoint_format import FORCE_NEW_HINT, CheckpointDamaged, read_pointer
+from saeops.runtime.train.checkpoint_format import (
+    FORCE_NEW_HINT,
+    CheckpointDamaged,
+    read_pointer,
+    remove_temp_files,
+)
 
-__all__ = ["ARTIFACTS", "check_output", "describe_mismatch", "run_identity", "start_over"]
+__all__ = ["ARTIFACTS", "check_output", "describe_mismatch", "force_new", "run_identity", "start_over"]
 
 log = logging.getLogger("saeops.run")
 
@@ -173,9 +179,23 @@ def check_output(storage: Storage, run: SAETrainingRun) -> None:
         raise _refuse(storage.url(CONFIG), why)
 
 
+def force_new(res: AnyResource) -> list[str]:
+    """`saeops run --force-new`: once, in the launching process (never in torchrun workers, whose
+    elastic restarts must resume), check the output like a run would, then `start_over` there."""
+    if not isinstance(res, SAETrainingRun):
+        raise SpecError(f"--force-new applies to SAETrainingRun, not {res.kind} (an ActivationCache resumes "
+                        "only with the same settings; choose another storage URI to start over)")
+    storage = open_output(res.spec.output)  # refuses a bad or unwritable output before deleting anything
+    check_dataset_path(res.spec.dataset)
+    return start_over(storage)
+
+
 def start_over(storage: Storage) -> list[str]:
     """Delete a previous run's artifacts and checkpoints from the output (`--force-new`);
     returns what was deleted. Other files under the output are left alone."""
+    # Crash leftovers first: they would keep the folders below alive.
+    temps = sum(remove_temp_files(sub, names=names) for sub, names in (
+        (storage.child(CHECKPOINTS), ()), (storage.child(ANALYSIS), ()), (storage, (METRICS, CONFIG, WEIGHTS))))
     deleted = []
     for key in ARTIFACTS:
         if key.endswith("/"):
@@ -185,6 +205,8 @@ def start_over(storage: Storage) -> list[str]:
         elif storage.exists(key):
             storage.delete(key)
             deleted.append(key)
+    if temps:
+        deleted.append(f"{temps} temp files of interrupted writes")
     if deleted:
         log.warning("--force-new: deleted %s from %s", ", ".join(deleted), storage.uri)
     return deleted
