@@ -18,7 +18,7 @@ from saeops.api import SAETrainingRun, SpecError, parse_resource
 from saeops.cli import main
 from saeops.runtime.storage.local import TMP_SUFFIX
 from saeops.runtime.train.checkpoint_format import TENSORS
-from saeops.runtime.train.identity import describe_mismatch, force_new, run_identity
+from saeops.runtime.train.identity import describe_mismatch, prepare_output, run_identity
 from tests.distributed.conftest import assert_bitwise, latest_step, make_cache, manifest, weights
 from tests.train.test_checkpoint import malicious_pickle
 
@@ -192,7 +192,7 @@ def test_force_new_deletes_the_previous_run_then_the_new_spec_trains(
     (out / "checkpoints" / f".latest.json.x{TMP_SUFFIX}").write_text("left by a crash")
     d = doc(out, cache)
     d["spec"]["sae"]["topK"] = 8
-    deleted = force_new(parse_resource(d, "test"))
+    deleted = prepare_output(parse_resource(d, "test"), force_new=True)
     assert deleted[:3] == ["metrics.json", "checkpoints/latest.json", "config.json"]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     code, err = run(capsys, d)
@@ -207,11 +207,11 @@ def test_force_new_is_for_training_runs_and_checks_the_output_first(tmp_path: Pa
                           "hookPoints": ["blocks.0.hook_resid_post"], "totalTokens": 1000,
                           "output": {"storageUri": str(tmp_path / "c")}}}
     with pytest.raises(SpecError, match="--force-new applies to SAETrainingRun, not ActivationCache"):
-        force_new(parse_resource(cache_doc, "test"))
+        prepare_output(parse_resource(cache_doc, "test"), force_new=True)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(SpecError, match=r"spec\.output\.storageUri"):
-        force_new(parse_resource(doc(blocker / "out", cache), "test"))
+        prepare_output(parse_resource(doc(blocker / "out", cache), "test"), force_new=True)
     assert blocker.read_text() == "x"
 
 
@@ -266,3 +266,16 @@ def test_mismatch_names_each_field(spec: dict[str, Any], text: str) -> None:
 def test_identity_survives_json() -> None:
     ident = run_identity(_run(trainer={"betas": [0.8, 0.9]}))
     assert describe_mismatch(json.loads(json.dumps(ident)), _run(trainer={"betas": [0.8, 0.9]})) is None
+
+
+def test_prepare_output_refuses_before_torchrun_would_start(finished: dict[str, Path], cache: str) -> None:
+    out = finished["local"]
+    d = doc(out, cache)
+    d["spec"]["parallelism"] = {"data": 2}
+    d["spec"]["resources"] = {"numProcPerNode": 2}
+    assert prepare_output(parse_resource(d, "test")) == []  # the same run: fine (parallelism is not identity)
+    d["spec"]["trainer"]["lr"] = 1e-3
+    before = snapshot(out)
+    with pytest.raises(SpecError, match=r"spec\.trainer\.lr: 0\.001 != 0\.003"):
+        prepare_output(parse_resource(d, "test"))
+    assert snapshot(out) == before

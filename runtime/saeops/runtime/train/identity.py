@@ -43,7 +43,7 @@ from saeops.runtime.train.checkpoint_format import (
     remove_temp_files,
 )
 
-__all__ = ["ARTIFACTS", "check_output", "describe_mismatch", "force_new", "run_identity", "start_over"]
+__all__ = ["ARTIFACTS", "check_output", "describe_mismatch", "prepare_output", "run_identity", "start_over"]
 
 log = logging.getLogger("saeops.run")
 
@@ -179,15 +179,26 @@ def check_output(storage: Storage, run: SAETrainingRun) -> None:
         raise _refuse(storage.url(CONFIG), why)
 
 
-def force_new(res: AnyResource) -> list[str]:
-    """`saeops run --force-new`: once, in the launching process (never in torchrun workers, whose
-    elastic restarts must resume), check the output like a run would, then `start_over` there."""
+def prepare_output(res: AnyResource, *, force_new: bool = False) -> list[str]:
+    """`saeops run` before launching anything: an SAETrainingRun's output must be empty of
+    training or hold this run's (`check_output`), so a refusal is exit 2 even when the run
+    would start torchrun. `force_new` (`--force-new`) instead starts over there (`start_over`),
+    once, here: never in torchrun workers, whose elastic restarts must resume. Returns what
+    was deleted."""
     if not isinstance(res, SAETrainingRun):
-        raise SpecError(f"--force-new applies to SAETrainingRun, not {res.kind} (an ActivationCache resumes "
-                        "only with the same settings; choose another storage URI to start over)")
-    storage = open_output(res.spec.output)  # refuses a bad or unwritable output before deleting anything
+        if force_new:
+            raise SpecError(f"--force-new applies to SAETrainingRun, not {res.kind} (an ActivationCache resumes "
+                            "only with the same settings; choose another storage URI to start over)")
+        return []
+    storage = open_output(res.spec.output)  # a bad or unwritable output fails before anything is deleted
+    if not force_new:
+        check_output(storage, res)
+        return []
     check_dataset_path(res.spec.dataset)
-    return start_over(storage)
+    try:
+        return start_over(storage)
+    except StorageError as e:
+        raise SpecError(f"--force-new: {e}") from None
 
 
 def start_over(storage: Storage) -> list[str]:
