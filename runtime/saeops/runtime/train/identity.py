@@ -34,6 +34,8 @@ from pydantic import BaseModel
 
 from saeops.api import AnyResource, SAETrainingRun, SpecError
 from saeops.api.layout import CHECKPOINTS, LATEST
+from saeops.runtime.analysis.cli import ANALYSIS_DIR
+from saeops.runtime.artifacts import CONFIG, METRICS, WEIGHTS
 from saeops.runtime.runner import check_dataset_path, open_output
 from saeops.runtime.storage import KeyNotFound, Storage, StorageError
 from saeops.runtime.train.checkpoint_format import (
@@ -54,8 +56,7 @@ NOT_IDENTITY = {
     "trainer": {"totalTrainingTokens", "checkpointInterval", "keepCheckpoints", "logFrequency", "progressBar",
                 "wandb"},
 }
-CONFIG, METRICS, WEIGHTS, ANALYSIS = "config.json", "metrics.json", "sae.safetensors", "analysis/"
-ARTIFACTS = (METRICS, f"{CHECKPOINTS}/{LATEST}", CONFIG, WEIGHTS, ANALYSIS, f"{CHECKPOINTS}/")
+ARTIFACTS = (METRICS, f"{CHECKPOINTS}/{LATEST}", CONFIG, WEIGHTS, f"{ANALYSIS_DIR}/", f"{CHECKPOINTS}/")
 """What `start_over` deletes, in this order: metrics.json first (its presence means "finished"),
 then the checkpoint pointer, so an interrupted start-over never looks finished or resumable."""
 
@@ -206,7 +207,7 @@ def start_over(storage: Storage) -> list[str]:
     returns what was deleted. Other files under the output are left alone."""
     # Crash leftovers first: they would keep the folders below alive.
     temps = sum(remove_temp_files(sub, names=names) for sub, names in (
-        (storage.child(CHECKPOINTS), ()), (storage.child(ANALYSIS), ()), (storage, (METRICS, CONFIG, WEIGHTS))))
+        (storage.child(CHECKPOINTS), ()), (storage.child(ANALYSIS_DIR), ()), (storage, (METRICS, CONFIG, WEIGHTS))))
     deleted = []
     for key in ARTIFACTS:
         if key.endswith("/"):
