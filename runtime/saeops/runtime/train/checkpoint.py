@@ -29,7 +29,6 @@ from saeops.runtime.train.checkpoint_format import (
     CheckpointDamaged,
     read_checkpoint,
     read_pointer,
-    remove_temp_files,
     step_of,
     write_checkpoint,
 )
@@ -150,7 +149,8 @@ class Checkpointer:
         Everything else is a leftover: older checkpoints, folders after `current` (a crashed
         attempt), folders without a manifest (a crash mid-write, or the old pickled format),
         and temp files of interrupted writes older than the checkpoint just written."""
-        remove_temp_files(self.storage, older_than=f"{checkpoint_dir(current)}/{MANIFEST}")
+        for key in self.storage.remove_temp_files(older_than=f"{checkpoint_dir(current)}/{MANIFEST}"):
+            log.info("removed the temp file of an interrupted write of %s", self.storage.url(key))
         steps, complete = self._folders()
         kept = [s for s in steps if s <= current and s in complete][-self.keep:]
         for step in steps:

@@ -17,10 +17,7 @@ planted in shared storage cannot run code. Checkpoints written before this forma
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +27,7 @@ import torch
 from saeops.api import SpecError
 from saeops.api.layout import LATEST, checkpoint_dir
 from saeops.runtime.cache.format import CacheCorruptError, verify_shard, xxh3_hex
-from saeops.runtime.storage import KeyNotFound, LocalStorage, Storage, StorageError
-from saeops.runtime.storage.local import TMP_SUFFIX
+from saeops.runtime.storage import KeyNotFound, Storage, StorageError
 
 __all__ = [
     "FORMAT",
@@ -45,12 +41,9 @@ __all__ = [
     "encode",
     "read_checkpoint",
     "read_pointer",
-    "remove_temp_files",
     "step_of",
     "write_checkpoint",
 ]
-
-log = logging.getLogger("saeops.checkpoint")
 
 FORMAT = "saeops-checkpoint"
 FORMAT_VERSION = 1
@@ -244,32 +237,3 @@ def read_pointer(storage: Storage) -> dict[str, Any] | None:
         raise CheckpointDamaged(f"{LATEST} has no valid step")
     return pointer
 
-
-def remove_temp_files(storage: Storage, older_than: str | None = None, names: tuple[str, ...] = ()) -> int:
-    """Delete the temp files of interrupted writes under `storage` (local storage commits by
-    renaming a `*.saeops-tmp` file; a crash before the rename leaves it, hidden from listings;
-    S3 has none: a put is whole or absent), then the `step-*` folders that held only those.
-    `older_than`: only files older than that key's file (a write in flight is newer).
-    `names`: only temp files of these keys at the top level (all, everywhere, when empty)."""
-    if not isinstance(storage, LocalStorage) or not storage.root.is_dir():
-        return 0
-    try:
-        cutoff = os.stat(storage.path(older_than)).st_mtime_ns if older_than else None
-    except OSError:
-        return 0
-    removed = 0
-    for dirpath, _dirs, files in os.walk(storage.root, topdown=False):
-        top = dirpath == str(storage.root)
-        for name in files:
-            if not name.endswith(TMP_SUFFIX) or (names and not (top and name.startswith(tuple(f".{n}." for n in names)))):
-                continue
-            path = os.path.join(dirpath, name)
-            with contextlib.suppress(OSError):
-                if cutoff is None or os.stat(path).st_mtime_ns < cutoff:
-                    os.unlink(path)
-                    removed += 1
-                    log.info("removed %s (left by an interrupted write)", path)
-        if not top and not names and step_of(os.path.basename(dirpath)) is not None:
-            with contextlib.suppress(OSError):  # only succeeds when the folder is empty
-                os.rmdir(dirpath)
-    return removed

@@ -42,7 +42,6 @@ from saeops.runtime.train.checkpoint_format import (
     FORCE_NEW_HINT,
     CheckpointDamaged,
     read_pointer,
-    remove_temp_files,
 )
 
 __all__ = ["ARTIFACTS", "check_output", "describe_mismatch", "prepare_output", "run_identity", "start_over"]
@@ -206,8 +205,7 @@ def start_over(storage: Storage) -> list[str]:
     """Delete a previous run's artifacts and checkpoints from the output (`--force-new`);
     returns what was deleted. Other files under the output are left alone."""
     # Crash leftovers first: they would keep the folders below alive.
-    temps = sum(remove_temp_files(sub, names=names) for sub, names in (
-        (storage.child(CHECKPOINTS), ()), (storage.child(ANALYSIS_DIR), ()), (storage, (METRICS, CONFIG, WEIGHTS))))
+    temps = sum(len(storage.remove_temp_files(key)) for key in ARTIFACTS)
     deleted = []
     for key in ARTIFACTS:
         if key.endswith("/"):
