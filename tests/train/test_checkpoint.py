@@ -28,6 +28,7 @@ from saeops.runtime.train.checkpoint_format import (
     CheckpointDamaged,
     decode,
     encode,
+    safetensors_bytes,
 )
 from saeops.runtime.train.trainer import Trainer
 
@@ -113,6 +114,23 @@ def test_encode_decode_keeps_types_keys_and_tensors() -> None:
     text = json.dumps(doc)
     assert "exp_avg" not in text or "__tensor__" in text  # tensors leave the JSON
     assert_same(decode(json.loads(text), tensors), state)
+
+
+def test_safetensors_writer_is_read_by_the_safetensors_package() -> None:
+    import safetensors.torch
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"t/{d}": (torch.randn(3, 5, generator=g) * 50).to(d) for d in
+               (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+                torch.int8, torch.uint8, torch.bool)}
+    tensors.update(scalar=torch.tensor(2.5), empty=torch.zeros(0, 4), odd=torch.arange(3, dtype=torch.uint8))
+    blob = safetensors_bytes(tensors, {"format": "x"})
+    back = safetensors.torch.load(bytes(blob))
+    assert set(back) == set(tensors)
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t), k
+    with pytest.raises(TypeError, match=r"dtype torch\.complex64"):
+        safetensors_bytes({"c": torch.zeros(2, dtype=torch.complex64)}, {})
 
 
 def test_encode_refuses_objects() -> None:

@@ -184,7 +184,8 @@ def test_a_truncated_latest_checkpoint_falls_back(finished: dict[str, Path], fin
 
 
 def test_force_new_deletes_the_previous_run_then_the_new_spec_trains(
-        finished: dict[str, Path], cache: str, capsys: pytest.CaptureFixture[str]) -> None:
+        finished: dict[str, Path], cache: str, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
     out = finished["local"]
     (out / "notes.txt").write_text("mine")  # not saeops': kept
     (out / "analysis").mkdir()
@@ -192,13 +193,20 @@ def test_force_new_deletes_the_previous_run_then_the_new_spec_trains(
     (out / "checkpoints" / f".latest.json.x{TMP_SUFFIX}").write_text("left by a crash")
     d = doc(out, cache)
     d["spec"]["sae"]["topK"] = 8
-    deleted = prepare_output(parse_resource(d, "test"), force_new=True)
-    assert deleted[:3] == ["metrics.json", "checkpoints/latest.json", "config.json"]
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    code, err = run(capsys, d)
+    with caplog.at_level(logging.INFO):
+        code, err = run(capsys, d, "--force-new")
     assert code == 0, err
+    deleted = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("--force-new: deleted"))
+    assert deleted.startswith("--force-new: deleted metrics.json, checkpoints/latest.json, config.json, "
+                              "sae.safetensors, analysis/ (1 files), checkpoints/ (")
+    assert "1 temp files of interrupted writes" in deleted
+    assert "resumed from checkpoint" not in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "metrics.json", "notes.txt",
+                                                     "sae.safetensors"]
     assert json.loads((out / "config.json").read_text())["run"]["spec"]["sae"]["topK"] == 8
     assert json.loads((out / "metrics.json").read_text())["final"]["l0"] == 8.0
+    # The output is the new run's now: the old spec is the one refused.
+    assert_refused(capsys, out, doc(out, cache), "spec.sae.topK: 4 != 8")
 
 
 def test_force_new_is_for_training_runs_and_checks_the_output_first(tmp_path: Path, cache: str) -> None:
@@ -268,14 +276,12 @@ def test_identity_survives_json() -> None:
     assert describe_mismatch(json.loads(json.dumps(ident)), _run(trainer={"betas": [0.8, 0.9]})) is None
 
 
-def test_prepare_output_refuses_before_torchrun_would_start(finished: dict[str, Path], cache: str) -> None:
+def test_a_refused_distributed_run_exits_2_before_torchrun(finished: dict[str, Path], cache: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = finished["local"]
     d = doc(out, cache)
     d["spec"]["parallelism"] = {"data": 2}
     d["spec"]["resources"] = {"numProcPerNode": 2}
     assert prepare_output(parse_resource(d, "test")) == []  # the same run: fine (parallelism is not identity)
     d["spec"]["trainer"]["lr"] = 1e-3
-    before = snapshot(out)
-    with pytest.raises(SpecError, match=r"spec\.trainer\.lr: 0\.001 != 0\.003"):
-        prepare_output(parse_resource(d, "test"))
-    assert snapshot(out) == before
+    assert_refused(capsys, out, d, "spec.trainer.lr: 0.001 != 0.003")  # in-process: no torchrun was started

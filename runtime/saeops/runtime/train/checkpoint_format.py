@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -41,6 +42,7 @@ __all__ = [
     "encode",
     "read_checkpoint",
     "read_pointer",
+    "safetensors_bytes",
     "step_of",
     "write_checkpoint",
 ]
@@ -128,10 +130,44 @@ def decode(doc: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return walk(doc)
 
 
+# -- safetensors --------------------------------------------------------------------------
+
+_ST_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+             torch.bool: "BOOL"}
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> memoryview:
+    """`tensors` (contiguous, CPU) in the safetensors format, copied once into one buffer.
+
+    `safetensors.torch.save` copies every tensor into bytes, then the whole into another buffer
+    (about 6x slower on a 57 MB checkpoint); the format is an 8-byte header length, a JSON header
+    (padded with spaces to 8 bytes) of dtype, shape and data offsets, then the data."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _ST_NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which checkpoints do not store")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    buf = np.empty(8 + len(head) + offset, dtype=np.uint8)  # no zero-fill: every byte is written below
+    buf[:8] = np.frombuffer(len(head).to_bytes(8, "little"), dtype=np.uint8)
+    buf[8 : 8 + len(head)] = np.frombuffer(head, dtype=np.uint8)
+    base = 8 + len(head)
+    for name, t in tensors.items():
+        begin, end = header[name]["data_offsets"]
+        if end > begin:  # numpy's copy is a memcpy: ~7x faster than torch's uint8 copy_ here
+            buf[base + begin : base + end] = t.reshape(-1).view(torch.uint8).numpy()
+    return memoryview(buf)
+
+
 # -- files --------------------------------------------------------------------------------
 
 
-def _entry(data: bytes) -> dict[str, Any]:
+def _entry(data: bytes | memoryview) -> dict[str, Any]:
     return {"bytes": len(data), "xxh3_128": xxh3_hex(data)}
 
 
@@ -139,8 +175,8 @@ def write_checkpoint(storage: Storage, step: int, state: Any, identity: Mapping[
     """Write `state` as checkpoint `step` (the manifest last); returns the manifest's key."""
     tensors, doc = encode(state)
     folder = checkpoint_dir(step)
-    blobs = {
-        TENSORS: safetensors.torch.save(tensors, metadata={"format": FORMAT}),
+    blobs: dict[str, bytes | memoryview] = {
+        TENSORS: safetensors_bytes(tensors, {"format": FORMAT}),
         # NaN/Inf metrics (a diverged run) are kept as JSON's NaN/Infinity literals.
         STATE: json.dumps(doc, separators=(",", ":")).encode(),
     }
