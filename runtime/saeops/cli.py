@@ -49,8 +49,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from saeops.runtime.launch import run_resource
+    from saeops.runtime.train.identity import prepare_output
 
     res = _load(args)
+    # Before torchrun starts: a refused resume is exit 2, and --force-new deletes once, here.
+    prepare_output(res, force_new=args.force_new)
     return run_resource(res, progress=not args.no_progress, metrics_port=args.metrics_port)
 
 
@@ -137,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = manifest_cmd("run", "run a resource (training run, cache, sweep) on this machine")
     output_arg(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--force-new", action="store_true",
+                   help="start over in the output: delete a previous run's checkpoints and artifacts there "
+                        "(saeops' own files only) instead of resuming it or refusing another run's")
     s.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (0: any free port)")
     s.set_defaults(func=cmd_run)

@@ -336,6 +336,21 @@ def test_writer_rewrites_a_corrupt_trailing_shard(tmp_path: Path, data: dict[str
     assert CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY).resume_point() == 100
 
 
+def test_writer_verifies_every_recorded_shard_on_resume(tmp_path: Path, data: dict[str, torch.Tensor],
+                                                       local_cache: LocalStorage) -> None:
+    st = _interrupted_cache(tmp_path / "c", data)
+    first = st.get_json(PROGRESS)["shards"][HOOKS[0]][0]["key"]
+    raw = bytearray(st.get_bytes(first))
+    raw[len(raw) // 2] ^= 1
+    st.path(first).write_bytes(bytes(raw))  # bit rot in the first shard, same size
+    assert CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY, verify_resume="last").resume_point() == 300
+    w = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)  # the default checks them all
+    assert w.resume_point() == 0
+    for args in chunks(data, HOOKS):
+        w.write(*args)
+    assert w.finalize()["shards"] == load_manifest(local_cache)["shards"]
+
+
 def test_writer_refuses_to_mix_settings(tmp_path: Path, data: dict[str, torch.Tensor]) -> None:
     st = LocalStorage(tmp_path / "c")
     w = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)

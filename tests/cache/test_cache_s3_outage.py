@@ -72,9 +72,9 @@ def test_s3_outage_mid_write_then_resume(tmp_path: Path, monkeypatch: pytest.Mon
         st.client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **kw: reads.append(params["Key"]))
         w2 = CacheWriter(st, HOOKS, D_MODEL, torch.float32, TPS, IDENTITY)
         assert w2.resume_point() == 300
-        # Resume re-hashed only the last completed shard of each hook point (plus the JSON records).
-        assert sorted(k.rsplit("/", 2)[-1] for k in reads if k.endswith(".safetensors")) == [
-            "shard-00002.safetensors"] * 2
+        # Resume re-hashed every recorded shard of each hook point, once (plus the JSON records).
+        assert sorted(k.rsplit("/", 2)[-1] for k in reads if k.endswith(".safetensors")) == sorted(
+            [f"shard-{i:05d}.safetensors" for i in range(3)] * 2)
         for args in chunks(data, HOOKS, skip=300):
             w2.write(*args)
         manifest = w2.finalize()

@@ -55,7 +55,7 @@ def test_checkpoint_killed_mid_write_is_never_latest(cache: str, uninterrupted: 
     res = saeops_run(spec, env={"SAEOPS_FAULT": "exit@checkpoint-written:step=16"})
     assert res.returncode != 0, res.stdout[-3000:]
     ckpt = tmp_path / "out" / "checkpoints"
-    assert (ckpt / "step-00000016" / "state.pt").exists()
+    assert (ckpt / "step-00000016" / "manifest.json").exists()
     assert latest_step(tmp_path / "out") == 8
     assert run_here(spec) == 0  # resumes from 8, rewrites 16, finishes
     assert_bitwise(weights(tmp_path / "out"), weights(uninterrupted))

@@ -32,6 +32,7 @@ from saeops.runtime.storage import KeyNotFound, Storage, open_storage
 
 __all__ = ["CacheWriter"]
 
+_VERIFY_THREADS = 4
 _SETTINGS = ("format_version", "hook_points", "d_model", "dtype", "tokens_per_shard", "context_size", "seed",
              "identity")
 
@@ -71,7 +72,7 @@ class CacheWriter:
         *,
         context_size: int | None = None,
         seed: int | None = None,
-        verify_resume: Literal["none", "last", "all"] = "last",
+        verify_resume: Literal["none", "last", "all"] = "all",
         background: bool = True,
         max_pending: int = 2,
     ) -> None:
@@ -130,9 +131,10 @@ class CacheWriter:
         """Tokens already stored and verified (whole shards); the generator skips this many.
 
         Reads `_progress.json`, checks every recorded shard exists with the recorded size (one
-        listing) and, per `verify_resume`, re-hashes the last (`"last"`) or every (`"all"`)
-        recorded shard (`verify_shard`: `xxh3_128`, or `sha256` for shards recorded without it).
-        Shards from the first bad one on are rewritten. A complete cache (manifest present, same
+        listing) and, per `verify_resume`, re-hashes every (`"all"`, the default: bit rot in any
+        shard would otherwise end up in the finished cache's manifest) or only the last
+        (`"last"`) recorded shard (`verify_shard`: `xxh3_128`, or `sha256` for shards recorded
+        without it). Shards from the first bad one on are rewritten. A complete cache (manifest present, same
         settings) returns its total and makes `write` an error.
         """
         if self._resumed is not None:
@@ -163,19 +165,39 @@ class CacheWriter:
                                    for h in self.hook_points):
                 done += 1
             if done and self.verify_resume != "none":
-                first = 0 if self.verify_resume == "all" else done - 1
-                for i in range(first, done):
-                    try:
-                        for h in self.hook_points:
-                            e = recorded[h][i]
-                            verify_shard(e, self.storage.get_bytes(e["key"]), self.storage.url(e["key"]))
-                    except CacheCorruptError:
-                        done = i
-                        break
+                done = self._first_corrupt(recorded, 0 if self.verify_resume == "all" else done - 1, done)
             self._shards = {h: list(recorded[h][:done]) for h in self.hook_points}
         self._next_index = done
         self._resumed = done * self.tokens_per_shard
         return self._resumed
+
+    def _first_corrupt(self, recorded: Mapping[str, list[dict[str, Any]]], first: int, end: int) -> int:
+        """Index of the first shard in [first, end) whose bytes fail their recorded checksum (any
+        hook point), else `end`. Shards are read and hashed on a few threads (xxhash and file
+        reads release the GIL), in order, so at most `_VERIFY_THREADS` shards are in memory."""
+
+        def ok(i: int) -> bool:
+            try:
+                for h in self.hook_points:
+                    e = recorded[h][i]
+                    verify_shard(e, self.storage.get_buffer(e["key"]), self.storage.url(e["key"]))
+            except (CacheCorruptError, KeyNotFound):
+                return False
+            return True
+
+        pending: deque[tuple[int, Future[bool]]] = deque()
+        nxt = first
+        with ThreadPoolExecutor(max_workers=_VERIFY_THREADS, thread_name_prefix="cache-verify") as pool:
+            while pending or nxt < end:
+                while nxt < end and len(pending) < _VERIFY_THREADS:
+                    pending.append((nxt, pool.submit(ok, nxt)))
+                    nxt += 1
+                i, verdict = pending.popleft()
+                if not verdict.result():
+                    for _, later in pending:
+                        later.cancel()
+                    return i
+        return end
 
     @property
     def tokens_written(self) -> int:

@@ -115,6 +115,13 @@ class Storage(ABC):
             self.delete(k)
         return len(keys)
 
+    def remove_temp_files(self, prefix: str = "", *, older_than: str | None = None) -> list[str]:
+        """Delete what interrupted puts left behind for keys starting with `prefix`; returns the
+        keys they were writing. `older_than`: only leftovers older than that key's object (a put
+        in flight is newer). Backends whose puts leave nothing behind have none (S3: a put is
+        whole or absent)."""
+        return []
+
     def put_json(self, key: str, obj: Any) -> None:
         """Atomically write `obj` as indented JSON."""
         self.put_bytes(key, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -192,6 +192,38 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot delete {self.url(key)}: {_reason(e)}") from None
 
+    def remove_temp_files(self, prefix: str = "", *, older_than: str | None = None) -> list[str]:
+        """A put commits by renaming `.NAME.XXXXXXXX.saeops-tmp` (see `_commit`); a crash before the
+        rename leaves that file, hidden from listings. Folders it leaves empty go too (not the root)."""
+        prefix = prefix.lstrip("/")
+        base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / normalize_key(base_key, allow_empty=True) if base_key else self.root
+        try:
+            cutoff = os.stat(self.path(older_than)).st_mtime_ns if older_than else None
+        except OSError:
+            return []  # nothing to compare with: keep everything
+        removed: list[str] = []
+        emptied: set[Path] = set()  # folders that lost a file here: removed if that left them empty
+        for dirpath, _dirs, files in os.walk(base, topdown=False):
+            here = Path(dirpath)
+            for name in files:
+                if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                    continue
+                # mkstemp's random part holds no '.': `.{name}.{random}{TMP_SUFFIX}`
+                key = (here / name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[0]).relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                with contextlib.suppress(OSError):
+                    if cutoff is None or os.stat(here / name).st_mtime_ns < cutoff:
+                        os.unlink(here / name)
+                        removed.append(key)
+                        emptied.add(here)
+            if here in emptied and here != self.root:
+                with contextlib.suppress(OSError):  # only succeeds when empty
+                    here.rmdir()
+                    emptied.add(here.parent)
+        return removed
+
     def delete_prefix(self, prefix: str) -> int:
         n = super().delete_prefix(prefix)
         # Prune directories left empty (bottom-up), never the root itself.

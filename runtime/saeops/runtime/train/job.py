@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saeops.api import SAETrainingRun, SpecError
+from saeops.api.layout import CHECKPOINTS
 from saeops.runtime.analysis import analyze_run
 from saeops.runtime.artifacts import write_artifacts
 from saeops.runtime.distributed.comm import DistributedComm
@@ -31,7 +32,8 @@ from saeops.runtime.models import (
 from saeops.runtime.runner import RunResult, check_dataset_path, check_hook_points, open_output, pick_device
 from saeops.runtime.storage import Storage
 from saeops.runtime.telemetry import RunMetrics
-from saeops.runtime.train.checkpoint import Checkpointer
+from saeops.runtime.train.checkpoint import Checkpointer, on_main
+from saeops.runtime.train.identity import check_output
 from saeops.runtime.train.sources import CacheSource, LiveSource, Source, SourceFactory
 from saeops.runtime.train.trainer import Trainer
 from saeops.runtime.train.wandb_logger import WandbLogger, import_wandb
@@ -150,14 +152,17 @@ class TrainingJob:
     def _train(self, stop: StopFlag) -> RunResult:
         spec, ctx = self.spec, self.ctx
         storage = open_output(spec.output)
+        # Before anything is written: an output holding another run's training (another spec,
+        # another resource, an old pickled checkpoint) is refused, and left as it is.
+        on_main(ctx if ctx.distributed else None, lambda: check_output(storage, self.run))
         check_dataset_path(spec.dataset)
         if spec.trainer.wandb is not None:
             self.wandb = WandbLogger(self.run, spec.trainer.wandb, output_uri=storage.url(""), main=ctx.is_main)
         torch.manual_seed(spec.trainer.seed)
         device = ctx.device if ctx.distributed else pick_device(spec.model.device)
         src, dims = self._activation_source(device)
-        checkpointer = Checkpointer(storage.child("checkpoints"), keep=spec.trainer.keep_checkpoints,
-                                    ctx=ctx if ctx.distributed else None)
+        checkpointer = Checkpointer(storage.child(CHECKPOINTS), keep=spec.trainer.keep_checkpoints,
+                                    ctx=ctx if ctx.distributed else None, run=self.run)
         checkpoint = checkpointer.read_latest()
         model = self._build(dims, src, checkpoint, device)
         trainer = Trainer(model, spec.trainer, device=device,
