@@ -87,8 +87,10 @@ def initialize_clt(model: CrossLayerTranscoder, initializer: Any, sample_in: Ten
     """Per-layer dataset norm factors; decoder rows (Kaiming or active subspace of each target
     layer's sample) at the default norm; encoder columns random at the same norm (or the
     own-layer decoder block transposed when widths agree); b_dec zeros or geometric median per
-    layer; JumpReLU thresholds; optional grid search of one norm for all rows."""
-    from saeops.runtime.models.init import _unit_rows, geometric_median, grid_search_norm
+    layer; JumpReLU thresholds; search of one decoder norm for all rows (encoder held, so the
+    reconstruction is linear in it: closed-form for TopK/ReLU, see `init_search`)."""
+    from saeops.runtime.models.init import SEARCH_MAX_TOKENS, _unit_rows
+    from saeops.runtime.models.init_search import search_decoder_norm
 
     if sample_out is None:
         raise ValueError("a clt needs output activations to initialise (spec.sae.hookPointsOut)")
@@ -119,22 +121,22 @@ def initialize_clt(model: CrossLayerTranscoder, initializer: Any, sample_in: Ten
             model.W_enc[s].copy_((enc / enc.norm(dim=0, keepdim=True) * norm).to(dev, dt))
     model.b_enc.zero_()
     if spec.bias_init_method == "geometric_median":
-        model.b_dec.copy_(torch.stack([geometric_median(y_n[:, t]) for t in range(L)]))
+        model.b_dec.copy_(torch.stack([initializer.median(y_n[:, t]) for t in range(L)]))
     else:
         model.b_dec.zero_()
     jump = model.jumprelu
     if jump is not None:
         log_t = spec.init_log_jumprelu_threshold_value
         jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
-    if spec.grid_search_init_norm:
+    if initializer.searches_norm:
         ctx = LossContext(k=k, sparsity_loss_type="none")
-        xs, ys = x_in[:4096], x_out[:4096]
+        xs, ys = x_in[:SEARCH_MAX_TOKENS], x_out[:SEARCH_MAX_TOKENS]
 
-        def mse_at(n: float) -> float:
-            model.set_decoder_norm(n)
-            return float(model.compute_loss(xs, ys, ctx).terms["mse"])
+        def reconstruct(rows: int | None) -> tuple[Tensor, Tensor]:
+            out = model.compute_loss(xs[:rows], ys[:rows], ctx)
+            return out.x_hat, out.target
 
-        grid_search_norm(mse_at)
+        initializer.last_search = search_decoder_norm(model.set_decoder_norm, reconstruct, norm)
     if spec.init_encoder_bias_with_mean_hidden_pre:
         x_n = x_in * model.input_factor(x_in)
         model.b_enc.copy_(-torch.einsum("bld,lds->bls", x_n, model.W_enc).mean(0))

@@ -7,43 +7,29 @@ Order (each step sees the previous ones):
 3. encoder = decoder transpose (or its own Kaiming-uniform draw with the same column norms);
 4. decoder bias: zeros or the geometric median of the normalised output sample;
 5. JumpReLU log thresholds;
-6. optional grid search of the decoder norm (encoder tied) minimising the sample MSE;
+6. search of the decoder norm (the encoder following) minimising the sample MSE: closed-form
+   from three forward passes for TopK/BatchTopK/ReLU, a bracketing search otherwise
+   (`init_search`); on by default, skipped when the spec fixes `init_decoder_norm` alone;
 7. optional encoder bias = -mean pre-activation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from saeops.api.training import DictionarySpec, InitializerSpec
 from saeops.runtime.models.base import LossContext, SparseDictionary
+from saeops.runtime.models.init_search import NormSearch, geometric_median, search_decoder_norm
 from saeops.runtime.models.normalize import compute_dataset_norm_factor
 
-GRID_SEARCH_MAX_TOKENS = 8192
-"""Tokens of the sample used per grid-search evaluation (the MSE estimate is already stable)."""
-
-
-def geometric_median(points: Tensor, max_iter: int = 100, eps: float = 1e-6) -> Tensor:
-    """Geometric median of `points (N, d)` by Weiszfeld's iterations (float64 inside).
-
-    Minimises `sum_i ||x_i - y||`; starts from the mean and stops when the step is below
-    `eps * (1 + ||y||)`. Distances are floored at 1e-12 so a point coinciding with the
-    estimate does not divide by zero (the standard, slightly biased, fix).
-    """
-    x = points.reshape(-1, points.shape[-1]).to(torch.float64)
-    y = x.mean(0)
-    for _ in range(max_iter):
-        w = 1.0 / (x - y).norm(dim=-1).clamp_min(1e-12)
-        y_new = (w[:, None] * x).sum(0) / w.sum()
-        step = (y_new - y).norm()
-        y = y_new
-        if step <= eps * (1 + y.norm()):
-            break
-    return y.to(points.dtype)
+SEARCH_MAX_TOKENS = 4096
+"""Tokens of the sample the decoder-norm search reconstructs (see bench/init: the EV after
+training stops moving well below this)."""
+MEDIAN_MAX_TOKENS = 4096
+"""Tokens of the sample the geometric median is taken over."""
 
 
 def _kaiming_rows(n: int, d: int, generator: torch.Generator | None) -> Tensor:
@@ -68,11 +54,14 @@ def init_inputs(spec: DictionarySpec, sample: dict[str, Tensor]) -> tuple[Tensor
 
 
 class Initializer:
-    """Initialise a dictionary's parameters from a sample of raw activations."""
+    """Initialise a dictionary's parameters from a sample of raw activations.
+
+    After `initialize`, `last_search` says how the decoder norm was found (None: not searched)."""
 
     def __init__(self, spec: InitializerSpec, seed: int | None = None):
         self.spec = spec
         self.seed = seed
+        self.last_search: NormSearch | None = None
 
     def _generator(self) -> torch.Generator | None:
         return None if self.seed is None else torch.Generator().manual_seed(self.seed)
@@ -83,14 +72,30 @@ class Initializer:
             return self.spec.init_decoder_norm
         return 0.1 * math.sqrt(model.d_out) / math.sqrt(model.d_sae)
 
+    @property
+    def searches_norm(self) -> bool:
+        """Search the decoder norm: on by default, but a decoder norm the spec fixes wins unless
+        the spec also asks for the search explicitly (the fixed norm is then where it starts)."""
+        spec = self.spec
+        if not spec.grid_search_init_norm:
+            return False
+        return spec.init_decoder_norm is None or "grid_search_init_norm" in spec.model_fields_set
+
+    @staticmethod
+    def median(points: Tensor) -> Tensor:
+        """Geometric median of the first `MEDIAN_MAX_TOKENS` rows of `points (N, d)` (the sample
+        is already shuffled; more rows move the median less than training moves b_dec)."""
+        return geometric_median(points.reshape(-1, points.shape[-1])[:MEDIAN_MAX_TOKENS])
+
     @torch.no_grad()
     def initialize(
         self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor | None = None, *, k: int | None = None
     ) -> SparseDictionary:
         """Initialise `model` in place from raw samples `(N, d_in)` / `(N, d_out)`; returns it.
 
-        `k` is the k used for TopK models during the grid search (default: spec top_k; pass the
+        `k` is the k used for TopK models during the norm search (default: spec top_k; pass the
         k schedule's initial k)."""
+        self.last_search = None
         custom = getattr(model, "initialize_from_sample", None)
         if custom is not None:
             # Kinds whose parameters are not one (W_enc, W_dec) pair (CLT, Lorsa) own their init.
@@ -122,7 +127,7 @@ class Initializer:
         b_dec = getattr(model, "b_dec", None)
         if b_dec is not None:
             if self.spec.bias_init_method == "geometric_median":
-                b_dec.copy_(geometric_median(y_n))
+                b_dec.copy_(self.median(y_n))
             else:
                 b_dec.zero_()
         b_enc = model.b_enc  # type: ignore[attr-defined]
@@ -134,10 +139,8 @@ class Initializer:
             log_t = self.spec.init_log_jumprelu_threshold_value
             jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
 
-        if self.spec.grid_search_init_norm:
-            best = self.grid_search_decoder_norm(model, x_in, x_out, k=k)
-            model.set_decoder_norm(best)
-            self._tie_encoder(model, None, rescale_only=not self._tied(model))
+        if self.searches_norm:
+            self.last_search = self.search_decoder_norm(model, x_in, x_out, k=k, start=norm)
 
         if self.spec.init_encoder_bias_with_mean_hidden_pre:
             x_c = model.centre(x_n) if hasattr(model, "centre") else x_n
@@ -172,39 +175,30 @@ class Initializer:
             return
         if not rescale_only:
             W_enc.copy_(_kaiming_rows(model.d_sae, model.d_in, gen).T.to(W_enc.device, W_enc.dtype))
-        # Same per-latent norm as the decoder, so the grid-searched scale applies to both.
+        # Same per-latent norm as the decoder, so the searched scale applies to both.
         W_enc.mul_(W_dec.norm(dim=-1) / W_enc.norm(dim=0).clamp_min(1e-12))
 
     @torch.no_grad()
-    def grid_search_decoder_norm(
-        self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor, *, k: int | None = None
-    ) -> float:
-        """Decoder row norm (encoder tied) minimising the MSE on the sample: a coarse log grid
-        over [1e-3, 10], then a fine linear grid over [best/2, best*2]. Leaves the model at the
-        best norm."""
-        x_in = sample_in[:GRID_SEARCH_MAX_TOKENS]
-        x_out = sample_out[:GRID_SEARCH_MAX_TOKENS]
+    def search_decoder_norm(
+        self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor, *, k: int | None = None,
+        start: float | None = None,
+    ) -> NormSearch:
+        """Decoder row norm (encoder following) minimising the MSE on the first
+        `SEARCH_MAX_TOKENS` rows of the sample, through the model's own (sparse) forward; leaves
+        the model there. See `init_search.search_decoder_norm`."""
+        x_in = sample_in[:SEARCH_MAX_TOKENS]
+        x_out = sample_out[:SEARCH_MAX_TOKENS]
         ctx = LossContext(k=k, sparsity_loss_type="none")
 
-        def mse_at(norm: float) -> float:
-            model.set_decoder_norm(norm)
+        def set_norm(n: float) -> None:
+            model.set_decoder_norm(n)
             self._tie_encoder(model, None, rescale_only=True)
-            return float(model.compute_loss(x_in, x_out, ctx).terms["mse"])
 
-        return grid_search_norm(mse_at)
+        def reconstruct(rows: int | None) -> tuple[Tensor, Tensor]:
+            out = model.compute_loss(x_in[:rows], x_out[:rows], ctx)
+            return out.x_hat, out.target
 
-
-def grid_search_norm(mse_at: Callable[[float], float]) -> float:
-    """Minimise `mse_at(norm)`: a coarse log grid over [1e-3, 10], then a fine linear grid over
-    [best/2, best*2]; calls `mse_at(best)` last so the model is left at the best norm."""
-    coarse = torch.logspace(-3, 1, 25, dtype=torch.float64).tolist()
-    losses = {n: mse_at(n) for n in coarse}
-    best = min(losses, key=lambda n: losses[n])
-    fine = torch.linspace(best / 2, best * 2, 21, dtype=torch.float64).tolist()
-    losses.update({n: mse_at(n) for n in fine})
-    best = min(losses, key=lambda n: losses[n])
-    mse_at(best)
-    return float(best)
+        return search_decoder_norm(set_norm, reconstruct, start or self.default_decoder_norm(model))
 
 
-__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "grid_search_norm", "init_inputs"]
+__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "init_inputs"]

@@ -14,8 +14,6 @@ from saeops.runtime.models.normalize import compute_dataset_norm_factor
 if TYPE_CHECKING:
     from saeops.runtime.models.lorsa import LowRankSparseAttention
 
-GRID_SEARCH_MAX_SEQUENCES = 64
-
 
 @torch.no_grad()
 def initialize_lorsa(model: LowRankSparseAttention, initializer: Any, sample_in: Tensor, sample_out: Tensor | None,
@@ -26,8 +24,10 @@ def initialize_lorsa(model: LowRankSparseAttention, initializer: Any, sample_in:
     (Kaiming or the active subspace, which the seeds recommend for attention outputs) at the
     default norm; `W_V` columns random with the same norms; `b_O` zeros or geometric median;
     QK stay at their Kaiming draw (or the model's own weights, see `init_from_model`);
-    optional grid search of the OV norm on the sample."""
-    from saeops.runtime.models.init import _unit_rows, geometric_median, grid_search_norm
+    search of the OV norm (`W_O` rows and `W_V` columns together) on the first sequences of
+    the sample holding `SEARCH_MAX_TOKENS` tokens."""
+    from saeops.runtime.models.init import SEARCH_MAX_TOKENS, _unit_rows
+    from saeops.runtime.models.init_search import search_decoder_norm
 
     if sample_out is None or sample_in.ndim != 3:
         raise ValueError("lorsa initialises from sequences: sample_in and sample_out must be (N, T, width)")
@@ -45,23 +45,27 @@ def initialize_lorsa(model: LowRankSparseAttention, initializer: Any, sample_in:
     model.W_V.copy_((v / v.norm(dim=0, keepdim=True) * norm).to(dev, dt))
     model.b_V.zero_()
     if spec.bias_init_method == "geometric_median":
-        model.b_O.copy_(geometric_median(y_tok))
+        model.b_O.copy_(initializer.median(y_tok))
     else:
         model.b_O.zero_()
     jump = model.jumprelu
     if jump is not None:
         log_t = spec.init_log_jumprelu_threshold_value
         jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
-    if spec.grid_search_init_norm:
-        xs, ys = x_in[:GRID_SEARCH_MAX_SEQUENCES], x_out[:GRID_SEARCH_MAX_SEQUENCES]
+    if initializer.searches_norm:
+        n_seq = max(1, SEARCH_MAX_TOKENS // x_in.shape[1])
+        xs, ys = x_in[:n_seq], x_out[:n_seq]
         ctx = LossContext(k=k, sparsity_loss_type="none")
 
-        def mse_at(n: float) -> float:
+        def set_norm(n: float) -> None:
             model.set_decoder_norm(n)
             model.W_V.mul_(n / model.W_V.norm(dim=0).clamp_min(1e-12))
-            return float(model.compute_loss(xs, ys, ctx).terms["mse"])
 
-        grid_search_norm(mse_at)
+        def reconstruct(rows: int | None) -> tuple[Tensor, Tensor]:
+            out = model.compute_loss(xs[:rows], ys[:rows], ctx)
+            return out.x_hat, out.target
+
+        initializer.last_search = search_decoder_norm(set_norm, reconstruct, norm)
 
 
 __all__ = ["initialize_lorsa"]
