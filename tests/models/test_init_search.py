@@ -106,9 +106,11 @@ def test_golden_section_finds_the_minimum() -> None:
     assert n == len(calls) < 30
 
 
-def test_search_leaves_the_model_at_the_optimum_of_a_quadratic() -> None:
-    target = torch.randn(64, 4)
-    direction = torch.randn(64, 4)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_search_leaves_the_model_at_the_optimum_of_a_quadratic(sign: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(64, 4, generator=g)
+    target = 0.5 + sign * 0.7 * direction + 0.1 * torch.randn(64, 4, generator=g)
     state = {"n": 1.0}
 
     def set_norm(n: float) -> None:
@@ -119,9 +121,11 @@ def test_search_leaves_the_model_at_the_optimum_of_a_quadratic() -> None:
 
     out = search_decoder_norm(set_norm, reconstruct, 0.1)
     t = float(((target - 0.5) * direction).sum() / (direction * direction).sum())
-    if t > 0:
+    if sign > 0:
         assert out.method == "closed-form" and out.norm == pytest.approx(math.sqrt(t), rel=1e-4)
-        assert state["n"] == pytest.approx(out.norm)
+    else:  # the latents only add error at any norm: the start norm stays
+        assert t < 0 and out.method == "kept" and out.norm == 0.1
+    assert state["n"] == pytest.approx(out.norm)
 
 
 def test_defaults_are_geometric_median_and_searched_norm() -> None:

@@ -125,9 +125,9 @@ class DictionarySpec(SpecModel):
 class InitializerSpec(SpecModel):
     """How the dictionary's parameters are initialised before training."""
 
-    bias_init_method: Literal["all_zero", "geometric_median"] = "all_zero"
+    bias_init_method: Literal["all_zero", "geometric_median"] = "geometric_median"
     """Decoder bias: zeros, or the geometric median of a sample of activations."""
-    grid_search_init_norm: bool = False
+    grid_search_init_norm: bool = True
     """Grid-search the decoder norm that minimises the initial MSE."""
     init_encoder_bias_with_mean_hidden_pre: bool = False
     """Set the encoder bias so the mean pre-activation over a sample is zero."""

@@ -189,16 +189,22 @@ class Initializer:
         x_in = sample_in[:SEARCH_MAX_TOKENS]
         x_out = sample_out[:SEARCH_MAX_TOKENS]
         ctx = LossContext(k=k, sparsity_loss_type="none")
+        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
+        current = [start or self.default_decoder_norm(model)]
+        model.set_decoder_norm(current[0])
+        self._tie_encoder(model, None, rescale_only=True)
 
         def set_norm(n: float) -> None:
-            model.set_decoder_norm(n)
-            self._tie_encoder(model, None, rescale_only=True)
+            # Every decoder row and encoder column has the same norm: one scalar moves them all.
+            W_dec.mul_(n / current[0])
+            W_enc.mul_(n / current[0])
+            current[0] = n
 
         def reconstruct(rows: int | None) -> tuple[Tensor, Tensor]:
             out = model.compute_loss(x_in[:rows], x_out[:rows], ctx)
             return out.x_hat, out.target
 
-        return search_decoder_norm(set_norm, reconstruct, start or self.default_decoder_norm(model))
+        return search_decoder_norm(set_norm, reconstruct, current[0])
 
 
 __all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "init_inputs"]

@@ -60,7 +60,8 @@ class NormSearch:
 
     norm: float
     method: str
-    """`closed-form`, or `bracket` (coarse grid and golden section)."""
+    """`closed-form`; `kept` (closed form, but no positive optimum: the start norm stays); or
+    `bracket` (coarse grid and golden section)."""
     evaluations: float
     """Forward passes, counted in passes over the whole search sample."""
 
@@ -159,11 +160,14 @@ def search_decoder_norm(
                 full.append(reconstruct(None)[0])
             evaluations += 2
             fit = line_fit(full)
-    scale = None if fit is None else quadratic_optimum(x0, fit[0], target, fit[1])
-    if scale is not None:
-        best = start * scale
+    if fit is not None:
+        scale = quadratic_optimum(x0, fit[0], target, fit[1])
+        # No positive optimum: the random latents cannot lower the MSE at any norm (a transcoder
+        # whose target they do not yet correlate with); a vanishing norm would only slow
+        # training down, so the start norm stays.
+        best = start if scale is None else start * scale
         set_norm(best)
-        return NormSearch(best, "closed-form", round(evaluations, 3))
+        return NormSearch(best, "kept" if scale is None else "closed-form", round(evaluations, 3))
 
     def mse_at(n: float) -> float:
         set_norm(n)

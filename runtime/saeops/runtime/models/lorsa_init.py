@@ -62,7 +62,9 @@ def initialize_lorsa(model: LowRankSparseAttention, initializer: Any, sample_in:
             model.W_V.mul_(n / model.W_V.norm(dim=0).clamp_min(1e-12))
 
         def reconstruct(rows: int | None) -> tuple[Tensor, Tensor]:
-            out = model.compute_loss(xs[:rows], ys[:rows], ctx)
+            # x_hat comes back one row per token: the first `rows` tokens are whole sequences.
+            n = None if rows is None else max(1, rows // xs.shape[1])
+            out = model.compute_loss(xs[:n], ys[:n], ctx)
             return out.x_hat, out.target
 
         initializer.last_search = search_decoder_norm(set_norm, reconstruct, norm)
