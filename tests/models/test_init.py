@@ -38,7 +38,7 @@ def test_geometric_median_beats_mean_and_matches_optimum() -> None:
 def test_norm_search_lowers_initial_mse() -> None:
     spec = make_spec(act_fn="relu", expansion_factor=8)
     x = torch.randn(512, 16) @ torch.randn(16, 16) + 2.0
-    ctx = LossContext(sparsity_loss_type="none")
+    ctx = LossContext()
     default = Initializer(InitializerSpec(grid_search_init_norm=False), seed=0).initialize(build_dictionary(spec, 16), x)
     searched = Initializer(InitializerSpec(grid_search_init_norm=True), seed=0).initialize(
         build_dictionary(spec, 16), x

@@ -16,14 +16,22 @@ Order (each step sees the previous ones):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from saeops.api.training import DictionarySpec, InitializerSpec
-from saeops.runtime.models.base import LossContext, SparseDictionary
-from saeops.runtime.models.init_search import NormSearch, geometric_median, search_decoder_norm
+from saeops.runtime.models.base import SparseDictionary
+from saeops.runtime.models.init_search import (
+    NormSearch,
+    bracket_search,
+    geometric_median,
+    search_decoder_norm,
+)
+from saeops.runtime.models.losses import LossContext
 from saeops.runtime.models.normalize import compute_dataset_norm_factor
+from saeops.runtime.models.sae import SparseAutoEncoder
 
 SEARCH_MAX_TOKENS = 4096
 """Tokens of the sample the decoder-norm search reconstructs (see bench/init: the EV after
@@ -96,15 +104,16 @@ class Initializer:
         `k` is the k used for TopK models during the norm search (default: spec top_k; pass the
         k schedule's initial k)."""
         self.last_search = None
-        custom = getattr(model, "initialize_from_sample", None)
-        if custom is not None:
+        if model.initialize_from_sample is not None:
             # Kinds whose parameters are not one (W_enc, W_dec) pair (CLT, Lorsa) own their init.
-            custom(self, sample_in, sample_out, k=k)
+            model.initialize_from_sample(self, sample_in, sample_out, k=k)
             return model
+        if not isinstance(model, SparseAutoEncoder):
+            raise TypeError(f"{type(model).__name__} has neither initialize_from_sample nor the SAE parameters")
         gen = self._generator()
         sample_in = sample_in.reshape(-1, model.d_in)
         sample_out = sample_in if sample_out is None else sample_out.reshape(-1, model.d_out)
-        dev, dt = model.W_dec.device, model.W_dec.dtype  # type: ignore[attr-defined]
+        dev, dt = model.W_dec.device, model.W_dec.dtype
 
         if model.spec.norm_activation == "dataset-wise":
             model.set_dataset_norm_factors(
@@ -118,33 +127,27 @@ class Initializer:
         # Decoder directions.
         rows = self.decoder_rows(model.d_sae, y_n, gen)
         norm = self.default_decoder_norm(model)
-        model.W_dec.copy_((_unit_rows(rows) * norm).to(dev, dt))  # type: ignore[attr-defined]
+        model.W_dec.copy_((_unit_rows(rows) * norm).to(dev, dt))
 
         # Encoder.
         self._tie_encoder(model, gen)
 
         # Decoder bias.
-        b_dec = getattr(model, "b_dec", None)
-        if b_dec is not None:
+        if model.b_dec is not None:
             if self.spec.bias_init_method == "geometric_median":
-                b_dec.copy_(self.median(y_n))
+                model.b_dec.copy_(self.median(y_n))
             else:
-                b_dec.zero_()
-        b_enc = model.b_enc  # type: ignore[attr-defined]
-        b_enc.zero_()
+                model.b_dec.zero_()
+        model.b_enc.zero_()
 
-        # JumpReLU thresholds (the spec's value is already a log).
-        jump = getattr(model, "jumprelu", None)
-        if jump is not None:
-            log_t = self.spec.init_log_jumprelu_threshold_value
-            jump.log_jumprelu_threshold.fill_(math.log(0.1) if log_t is None else log_t)
+        if model.jumprelu is not None:
+            model.jumprelu.reset_threshold(self.spec.init_log_jumprelu_threshold_value)
 
         if self.searches_norm:
             self.last_search = self.search_decoder_norm(model, x_in, x_out, k=k, start=norm)
 
         if self.spec.init_encoder_bias_with_mean_hidden_pre:
-            x_c = model.centre(x_n) if hasattr(model, "centre") else x_n
-            b_enc.copy_(-(x_c @ model.W_enc).mean(0))  # type: ignore[attr-defined]
+            model.b_enc.copy_(-(model.centre(x_n) @ model.W_enc).mean(0))
         return model
 
     def decoder_rows(self, n: int, y_n: Tensor, gen: torch.Generator | None) -> Tensor:
@@ -162,14 +165,13 @@ class Initializer:
         coeffs = torch.randn(n, d_sub, generator=gen, dtype=torch.float64)
         return coeffs @ basis.cpu()
 
-    def _tied(self, model: SparseDictionary) -> bool:
+    def _tied(self, model: SparseAutoEncoder) -> bool:
         # A transcoder's encoder and decoder live in different spaces: no transpose to tie to.
-        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
-        return self.spec.init_encoder_with_decoder_transpose and W_enc.shape == W_dec.T.shape
+        return self.spec.init_encoder_with_decoder_transpose and model.W_enc.shape == model.W_dec.T.shape
 
     @torch.no_grad()
-    def _tie_encoder(self, model: SparseDictionary, gen: torch.Generator | None, rescale_only: bool = False) -> None:
-        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
+    def _tie_encoder(self, model: SparseAutoEncoder, gen: torch.Generator | None, rescale_only: bool = False) -> None:
+        W_enc, W_dec = model.W_enc, model.W_dec
         if self._tied(model):
             W_enc.copy_(W_dec.T)
             return
@@ -180,7 +182,7 @@ class Initializer:
 
     @torch.no_grad()
     def search_decoder_norm(
-        self, model: SparseDictionary, sample_in: Tensor, sample_out: Tensor, *, k: int | None = None,
+        self, model: SparseAutoEncoder, sample_in: Tensor, sample_out: Tensor, *, k: int | None = None,
         start: float | None = None,
     ) -> NormSearch:
         """Decoder row norm (encoder following) minimising the MSE on the first
@@ -188,8 +190,8 @@ class Initializer:
         the model there. See `init_search.search_decoder_norm`."""
         x_in = sample_in[:SEARCH_MAX_TOKENS]
         x_out = sample_out[:SEARCH_MAX_TOKENS]
-        ctx = LossContext(k=k, sparsity_loss_type="none")
-        W_enc, W_dec = model.W_enc, model.W_dec  # type: ignore[attr-defined]
+        ctx = LossContext(k=k)  # no trainer: the reconstruction alone
+        W_enc, W_dec = model.W_enc, model.W_dec
         current = [start or self.default_decoder_norm(model)]
         model.set_decoder_norm(current[0])
         self._tie_encoder(model, None, rescale_only=True)
@@ -207,4 +209,14 @@ class Initializer:
         return search_decoder_norm(set_norm, reconstruct, current[0])
 
 
-__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "init_inputs"]
+def grid_search_norm(mse_at: Callable[[float], float]) -> float:
+    """Minimise `mse_at(norm)` when only the MSE is at hand (a kind that owns its init and
+    calls this): the bracketing search of `init_search` (about 20 evaluations, not a 47-point
+    grid); calls `mse_at(best)` last so the model is left at the best norm. Kinds that can give
+    the reconstructions should call `init_search.search_decoder_norm` (closed form)."""
+    best, _ = bracket_search(mse_at)
+    mse_at(best)
+    return float(best)
+
+
+__all__ = ["Initializer", "compute_dataset_norm_factor", "geometric_median", "grid_search_norm", "init_inputs"]
