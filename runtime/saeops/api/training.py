@@ -144,7 +144,7 @@ class InitializerSpec(SpecModel):
     """Dimension of that subspace (about d_model / 2 for attention outputs)."""
     initialize_tc_with_mlp: bool = False
     """Transcoder only: initialise from the model's MLP weights where shapes allow."""
-    init_tokens: int = Field(16384, ge=64, le=10_000_000)
+    init_tokens: int = Field(4096, ge=64, le=10_000_000)
     """Activations sampled for initialisation statistics."""
 
 
