@@ -54,7 +54,29 @@ def test_closed_form_norm_is_the_grid_minimum(kind: str, act_fn: str) -> None:
     best = _mse_at_scale(m, x, y, 1.0, 4)
     grid = [_mse_at_scale(m, x, y, r, 4) for r in torch.logspace(-1, 1, 201).tolist()]
     assert best <= min(grid) * (1 + 1e-5), (best, min(grid))
-    assert torch.allclose(m.decoder_norms(), torch.full((m.d_sae,), init.last_search.norm), rtol=1e-5)
+    norm = init.last_search.norm
+    if act_fn == "relu":  # tied (or equal) norms, as searched
+        assert torch.allclose(m.decoder_norms(), torch.full((m.d_sae,), norm), rtol=1e-5)
+    else:  # the same dictionary with the scale in the decoder (move_scale_to_decoder)
+        enc = init_module.ENCODER_NORM
+        assert torch.allclose(m.W_enc.norm(dim=0), torch.full((m.d_sae,), enc), rtol=1e-5)
+        assert torch.allclose(m.decoder_norms(), torch.full((m.d_sae,), norm**2 / enc), rtol=1e-5)
+
+
+def test_moving_the_scale_to_the_decoder_keeps_the_dictionary() -> None:
+    x = _data()
+    m = build_dictionary(make_spec(act_fn="topk", expansion_factor=8), 16)
+    init = Initializer(InitializerSpec(), seed=0)
+    init.initialize(m, x, k=4)
+    assert init.last_search is not None
+    ctx = LossContext(k=4)
+    split = m.compute_loss(x, None, ctx)
+    with torch.no_grad():  # back to encoder = decoder transpose at the searched norm
+        m.W_dec.mul_(init_module.ENCODER_NORM / init.last_search.norm)
+        m.W_enc.copy_(m.W_dec.T)
+    tied = m.compute_loss(x, None, ctx)
+    assert torch.equal(split.acts.indices, tied.acts.indices)
+    assert torch.allclose(split.x_hat, tied.x_hat, atol=1e-5)
 
 
 def test_jumprelu_falls_back_to_the_bracketing_search() -> None:
@@ -151,7 +173,8 @@ def test_a_fixed_decoder_norm_wins_unless_the_search_is_asked_for() -> None:
     both = Initializer(InitializerSpec(init_decoder_norm=0.25, grid_search_init_norm=True), seed=0)
     m = both.initialize(build_dictionary(make_spec(), 16), x)
     assert both.last_search is not None
-    assert torch.allclose(m.decoder_norms(), torch.full((64,), both.last_search.norm), rtol=1e-5)
+    norms = m.decoder_norms()
+    assert torch.allclose(norms, norms[0].expand_as(norms)) and not torch.allclose(norms[0], torch.tensor(0.25))
 
 
 def _clt_spec(act_fn: str) -> DictionarySpec:
@@ -169,7 +192,7 @@ def test_clt_norm_search_is_near_optimal(act_fn: str) -> None:
     m = build_dictionary(_clt_spec(act_fn), 6, 5)
     Initializer(InitializerSpec(), seed=0).initialize(m, x, y, k=3)
     ctx = LossContext(k=3)
-    best = float(m.decoder_norms().mean())
+    best = float(m.decoder_norms().detach().mean())
 
     def mse_at(n: float) -> float:
         m.set_decoder_norm(n)  # a CLT's search moves the decoder alone
