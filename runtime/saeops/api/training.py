@@ -151,9 +151,9 @@ class DictionarySpec(SpecModel):
 class InitializerSpec(SpecModel):
     """How the dictionary's parameters are initialised before training."""
 
-    bias_init_method: Literal["all_zero", "geometric_median"] = "all_zero"
+    bias_init_method: Literal["all_zero", "geometric_median"] = "geometric_median"
     """Decoder bias: zeros, or the geometric median of a sample of activations."""
-    grid_search_init_norm: bool = False
+    grid_search_init_norm: bool = True
     """Grid-search the decoder norm that minimises the initial MSE."""
     init_encoder_bias_with_mean_hidden_pre: bool = False
     """Set the encoder bias so the mean pre-activation over a sample is zero."""
@@ -170,7 +170,7 @@ class InitializerSpec(SpecModel):
     """Dimension of that subspace (about d_model / 2 for attention outputs)."""
     initialize_tc_with_mlp: bool = False
     """Transcoder only: initialise from the model's MLP weights where shapes allow."""
-    init_tokens: int = Field(16384, ge=64, le=10_000_000)
+    init_tokens: int = Field(4096, ge=64, le=10_000_000)
     """Activations sampled for initialisation statistics."""
 
 
