@@ -14,7 +14,8 @@ Served (the subset of the real API those libraries use, read from their installe
 - errors as the Hub sends them: `X-Error-Code` RepoNotFound / RevisionNotFound / EntryNotFound /
   GatedRepo, and 401 "Invalid credentials in Authorization header" for a wrong token.
 
-A repo added with `token=` answers only requests that carry `Authorization: Bearer TOKEN`.
+A repo added with `token=` answers only requests that carry `Authorization: Bearer TOKEN`
+(a gated one answers 403 GatedRepo without it).
 Every request is logged in `hub.requests` as (method, path), so tests can assert what was
 fetched (nothing, on a cache hit).
 """
@@ -142,11 +143,11 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is not None and repo.token is not None and sent is not None and sent != repo.token:
             self._error(401, None, "Invalid credentials in Authorization header", head=head)
             return None
+        if repo is not None and repo.gated and sent != repo.token:
+            self._error(403, "GatedRepo", "Access to this repo is restricted", head=head)
+            return None
         if repo is None or (repo.token is not None and sent is None):
             self._error(401, "RepoNotFound", "Repository not found", head=head)
-            return None
-        if repo.gated and sent != repo.token:
-            self._error(403, "GatedRepo", "Access to this repo is restricted", head=head)
             return None
         return repo
 

@@ -165,7 +165,7 @@ def iter_documents(documents: Any, spec: DatasetSpec) -> Iterator[tuple[int, Any
 
 def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:
     """What identifies the text (recorded in artifacts and caches); a hub dataset's commit once read."""
-    from saeops.runtime.data.remote import pinned_revision
+    from saeops.runtime.data.remote import hub_commit
 
     ident: dict[str, Any] = {
         "name": spec.name or spec.path,
@@ -181,9 +181,9 @@ def dataset_identity(spec: DatasetSpec) -> dict[str, Any]:
         if value is not None:
             ident[key] = value
     try:
-        commit = pinned_revision(spec)
-    except SourceError:
-        commit = None
-    if commit is not None:
-        ident["commit"] = commit
+        loc = parse_location(spec.path, "dataset.path", dataset=True)
+    except SourceError:  # reported when the data is opened
+        return ident
+    if loc.kind == "hub":  # the commit read (resolved once per process, before reading)
+        ident["commit"] = hub_commit(loc.ref, spec, DatasetError)
     return ident

@@ -20,8 +20,8 @@ SHARD_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".
 READ_BLOCK = 8 << 20
 """Bytes per ranged GET of a line-oriented or arrow stream shard."""
 
-_PINNED: dict[tuple[str, str | None, str | None], str] = {}
-"""(repo, config, requested revision) -> the commit a hub dataset was read at, for identities."""
+_PINNED: dict[tuple[str, str, str | None], str] = {}
+"""(endpoint, repo, requested revision) -> the commit a hub dataset is read at in this process."""
 
 
 class StreamedDocuments:
@@ -42,12 +42,29 @@ class StreamedDocuments:
 # ---- the hub ---------------------------------------------------------------------------------
 
 
-def pinned_revision(spec: DatasetSpec) -> str | None:
-    """The commit a hub dataset was read at in this process (None: not a hub dataset, or not read)."""
-    from saeops.runtime.sources import parse_location
+def hub_commit(repo_id: str, spec: DatasetSpec, error: type[Exception]) -> str:
+    """The commit `spec.revision` of the dataset repo resolves to, asked once per process (the
+    identity recorded before reading and the rows read then name the same commit)."""
+    from saeops.runtime.sources.hub import HubSettings, hub_error
 
-    loc = parse_location(spec.path, "dataset.path", dataset=True)
-    return _PINNED.get((loc.ref, spec.config, spec.revision)) if loc.kind == "hub" else None
+    settings = HubSettings.from_env()
+    key = (settings.endpoint, repo_id, spec.revision)
+    if key in _PINNED:
+        return _PINNED[key]
+    what = f"hf://datasets/{repo_id}"
+    if settings.offline:
+        raise error(f"dataset.path: {what} is streamed from the hub, and HF_HUB_OFFLINE=1; put the files on a "
+                    "volume (a local path) or in object storage (s3://) instead")
+    from huggingface_hub import HfApi
+
+    try:
+        commit = HfApi(endpoint=settings.endpoint, token=settings.token).dataset_info(
+            repo_id, revision=spec.revision).sha
+    except Exception as e:
+        raise hub_error(e, what, "spec.dataset.path", settings, spec.revision) from None
+    assert commit is not None
+    _PINNED[key] = commit
+    return commit
 
 
 def open_hub_dataset(repo_id: str, spec: DatasetSpec, error: type[Exception]) -> StreamedDocuments:
@@ -56,22 +73,12 @@ def open_hub_dataset(repo_id: str, spec: DatasetSpec, error: type[Exception]) ->
     from saeops.runtime.sources.hub import HubSettings, hub_error, sync_libraries
 
     field = "dataset.path"
-    settings = HubSettings.from_env()
     what = f"hf://datasets/{repo_id}"
-    if settings.offline:
-        raise error(f"{field}: {what} is streamed from the hub, and HF_HUB_OFFLINE=1; put the files on a "
-                    "volume (a local path) or in object storage (s3://) instead")
+    commit = hub_commit(repo_id, spec, error)
+    settings = HubSettings.from_env()
     sync_libraries(settings)
     import datasets
-    from huggingface_hub import HfApi
 
-    try:
-        commit = HfApi(endpoint=settings.endpoint, token=settings.token).dataset_info(
-            repo_id, revision=spec.revision).sha
-    except Exception as e:
-        raise hub_error(e, what, field, settings, spec.revision) from None
-    assert commit is not None
-    _PINNED[(repo_id, spec.config, spec.revision)] = commit
     try:
         ds = datasets.load_dataset(repo_id, name=spec.config, split=spec.split, revision=commit,
                                    streaming=True, token=settings.token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,7 +64,9 @@ class TransformerLensModel(LanguageModel):
         else:
             assert spec.path is not None
             path = source.path if source is not None else resolve_local_path(spec.path)
-            hf_tok = None if isinstance(tokenizer, ByteTokenizer) else tokenizer
+            # A copy: the bridge's tokenizer setup adds a BOS (= EOS) to tokenizers that have none,
+            # which would frame windows differently from the huggingface backend.
+            hf_tok = None if isinstance(tokenizer, ByteTokenizer) else copy.deepcopy(tokenizer)
             self.bridge = TransformerBridge.boot_transformers(
                 str(path), device=str(device), dtype=self.dtype, tokenizer=hf_tok
             )
