@@ -33,6 +33,10 @@ def _load(args: argparse.Namespace):  # -> AnyResource
 def cmd_validate(args: argparse.Namespace) -> int:
     res = _load(args)
     print(f"{args.file}: valid {res.kind} {res.metadata.name}")
+    if args.check_model:  # fetches config.json only; checks hook names on the model's backend
+        from saeops.runtime.lm.check_cli import check_model
+
+        print(check_model(res))
     return 0
 
 
@@ -131,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (0: any free port)")
     s.set_defaults(func=cmd_run)
-    manifest_cmd("validate", "check a manifest").set_defaults(func=cmd_validate)
+    s = manifest_cmd("validate", "check a manifest")
+    s.add_argument("--check-model", action="store_true", help="also read the model's config.json and check the hook names")
+    s.set_defaults(func=cmd_validate)
     manifest_cmd("render", "print the Kubernetes objects the operator would create").set_defaults(func=cmd_render)
 
     s = sub.add_parser("crds", help="generate the CRD YAML files")

@@ -57,6 +57,26 @@ def build_tiny_gpt2(out: Path) -> Path:
     return out
 
 
+def build_tiny_causal(out: Path, family: str, tokenizer_from: Path) -> Path:
+    """A random 2-layer Llama or Gemma-2 (post-norms around attention and MLP) with the tokenizer
+    of `tokenizer_from`: the architectures' module layout, nothing downloaded."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "gemma2": (Gemma2Config, Gemma2ForCausalLM)}[family]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tokenizer_from.glob("tokenizer*"):
+        (out / f.name).write_bytes(f.read_bytes())
+    vocab = len(json.loads((tokenizer_from / "tokenizer.json").read_text())["model"]["vocab"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cfg = cfg_cls(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        model_cls(cfg).save_pretrained(out)
+    return out
+
+
 def model_files(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 

@@ -42,7 +42,7 @@ class ModelFiles:
     """Rows of the input embedding (the largest token id + 1 the model accepts), when known."""
 
 
-def _read_config(path: Path, field: str) -> dict[str, Any]:
+def read_config(path: Path, field: str) -> dict[str, Any]:
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelLoadError(f"{field}: {path} has no config.json; point it at a saved model directory "
@@ -152,7 +152,7 @@ def check_weights(path: Path, field: str, has_head: bool) -> int | None:
 
 def check_model_dir(path: Path, field: str, *, has_head: bool) -> ModelFiles:
     """config.json, weights and their shapes; returns the config and the embedding size."""
-    config = _read_config(path, field)
+    config = read_config(path, field)
     rows = check_weights(path, field, has_head)
     return ModelFiles(config=config, embedding_rows=rows)
 

@@ -168,12 +168,21 @@ def usual_hooks(hm: HookMap) -> list[UsualHook]:
             out.append(UsualHook(layer, "attention input", f"{b}.ln1.hook_out"))
             out.append(UsualHook(layer, "attention output", f"{b}.hook_attn_out"))
             out.append(UsualHook(layer, "MLP input", f"{b}.mlp.hook_in" if mlp_own else f"{b}.hook_mlp_in"))
-        note = ""
-        if hm.has(f"{b}.ln2_post"):
-            note = f"before the post-feedforward norm; the residual receives {b}.ln2_post.hook_out"
-        elif post:
-            note = "before the residual add and LayerNorm"
-        out.append(UsualHook(layer, "MLP output", f"{b}.hook_mlp_out", note))
-        if hm.has(f"{b}.ln1_post") and not post:
-            out[-3].note = f"before the post-attention norm; the residual receives {b}.ln1_post.hook_out"
+        out.append(UsualHook(layer, "MLP output", f"{b}.hook_mlp_out", _sandwich_note(hm, b, "mlp", "ln2_post", post)))
+        if not post:
+            out[-3].note = _sandwich_note(hm, b, "attn", "ln1_post", post)
     return out
+
+
+def _sandwich_note(hm: HookMap, b: str, part: str, norm: str, post: bool) -> str:
+    """Where the output hook of `part` sits relative to a norm after it (Gemma-2's post norms)."""
+    alias = f"{b}.hook_{'mlp' if part == 'mlp' else 'attn'}_out"
+    target = hm.aliases.get(alias, "")
+    what = "post-feedforward" if part == "mlp" else "post-attention"
+    if target == f"{b}.{norm}.hook_out":
+        return f"after the {what} norm: what the residual receives ({b}.{part}.hook_out is before it)"
+    if hm.has(f"{b}.{norm}"):
+        return f"before the {what} norm; the residual receives {b}.{norm}.hook_out"
+    if post and part == "mlp":
+        return "before the residual add and LayerNorm"
+    return ""

@@ -49,6 +49,9 @@ def sync_libraries(settings: HubSettings) -> None:
     """Point the already imported `huggingface_hub` and `datasets` at `settings`."""
     from huggingface_hub import constants
 
+    for name in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+
     constants.ENDPOINT = settings.endpoint
     constants.HF_HUB_OFFLINE = settings.offline
     constants.HUGGINGFACE_CO_URL_TEMPLATE = settings.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
