@@ -20,7 +20,13 @@ def test_example_parses_and_builds(kind: str) -> None:
     run = load_resource(EXAMPLES / f"{kind}.yaml")
     spec = run.spec  # type: ignore[union-attr]
     assert spec.sae.type == kind
-    d = spec.model.native.d_model
+    if spec.model.native is not None:
+        d = spec.model.native.d_model
+    else:  # a real model (MiniLM): its width from config.json
+        from saeops.runtime.lm.checks import read_config
+        from saeops.runtime.sources import resolve_source
+
+        d = read_config(resolve_source(spec.model.path, "spec.model.path").path, "spec.model.path")["hidden_size"]
     model = build_dictionary(spec.sae, d, d)
     assert model.dictionary_type == kind
 

@@ -10,7 +10,7 @@ import torch
 
 from saeops.api.common import DatasetSpec
 from saeops.runtime.data.loading import DatasetError, iter_documents, load_text_dataset
-from saeops.runtime.data.tokens import check_tokenized_with, token_encoder
+from saeops.runtime.data.tokens import check_tokenized_with, document_encoder
 from saeops.runtime.data.windows import Window, WindowBatch, pack_windows
 
 Batch = dict[str, torch.Tensor]
@@ -84,7 +84,7 @@ class ActivationStream:
     def windows(self) -> Iterator[Window]:
         """This rank's context windows, in order (documents tokenised and packed, no model)."""
         prefix, suffix = self.model.window_frame(self.dataset_spec.prepend_bos)
-        encode = token_encoder(self.model, self.dataset_spec) if self.dataset_spec.token_field else self.model.encode_batch
+        encode = document_encoder(self.model, self.dataset_spec)
         index = 0
         while True:
             produced = 0

@@ -56,3 +56,12 @@ def token_encoder(model: Any, dataset: DatasetSpec) -> Callable[[list[Any]], lis
         return out
 
     return encode
+
+
+def document_encoder(model: Any, dataset: DatasetSpec) -> Callable[[list[Any]], list[list[int]]]:
+    """How `pack_windows` turns this dataset's documents into ids: the tokenizer for text, the
+    checked pass-through for a `tokenField` column."""
+    if dataset.token_field:
+        check_tokenized_with(model, dataset)
+        return token_encoder(model, dataset)
+    return model.encode_batch
