@@ -66,8 +66,8 @@ class ModelSpec(SpecModel):
     """Tokenizer location (same forms as `path`); defaults to `path`. `bytes` is a built-in
     byte-level tokenizer that needs no files."""
     revision: str | None = Field(None, max_length=255)
-    """Hub revision of `path` (and of a hub `tokenizer`): a branch, tag or commit hash; default
-    `main`. The commit it resolves to is recorded in caches and artifacts."""
+    """Hub revision of `path` (and of `tokenizer` when it names the same repo): a branch, tag or
+    commit hash; default `main`. The commit it resolves to is recorded in caches and artifacts."""
     secret_ref: HubTokenSecretRef | None = None
     """Secret holding a Hugging Face token (gated or private repos; also used for hub datasets),
     exposed to the pods as `HF_TOKEN`. Locally the `HF_TOKEN` environment variable is used."""
