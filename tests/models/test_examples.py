@@ -40,6 +40,8 @@ def test_example_trains_with_a_tiny_budget(kind: str, tmp_path: Path) -> None:
         f"spec.output.storageUri={tmp_path}", "spec.trainer.totalTrainingTokens=4096",
         "spec.trainer.batchSize=1024", "spec.initializer.initTokens=2048",
         "spec.trainer.progressBar=false",
+        # MiniLM is a real model: a small shuffle buffer and evaluation keep the run short.
+        "spec.activations.bufferSize=2048", "spec.eval.tokens=2048", "spec.model.batchSize=8",
     ])
     assert run_resource(run, progress=False) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
