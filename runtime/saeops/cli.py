@@ -13,21 +13,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from saeops.api import EXIT_BAD_INPUT, SpecError, load_resource
+from saeops.api import (
+    EXIT_BAD_INPUT,
+    AnyResource,
+    SpecError,
+    apply_overrides,
+    parse_resource,
+    read_document,
+    set_path,
+)
+from saeops.api.load import one_line
 
 
 def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {one_line(msg)}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
-def _load(args: argparse.Namespace):  # -> AnyResource
-    res = load_resource(args.file, getattr(args, "set", None) or [])
-    if getattr(args, "output", None):
+def _load(args: argparse.Namespace) -> AnyResource:
+    """Read, override (--set, then --output) and validate: --output is validated like the field."""
+    doc = apply_overrides(read_document(args.file), getattr(args, "set", None) or [])
+    output = getattr(args, "output", None)
+    if output is not None:
         # A sweep's trials write under the template's output (one prefix per trial).
-        spec = getattr(res.spec, "trial_template", res.spec)
-        spec.output.storage_uri = args.output
-    return res
+        spec = "spec.trialTemplate" if doc.get("kind") == "SAESweep" else "spec"
+        set_path(doc, f"{spec}.output.storageUri", output)
+    return parse_resource(doc, str(args.file))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -48,11 +59,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from saeops.api.locations import check_cluster_locations
+
+    res = _load(args)  # bad input fails before the operator's modules are imported
+    check_cluster_locations(res, str(args.file))  # pods cannot use relative paths
+
     import yaml
 
     from saeops.operator.render import render_manifest
 
-    res = _load(args)
     print(yaml.safe_dump_all(render_manifest(res), sort_keys=False), end="")
     return 0
 
@@ -129,16 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field by its manifest path, e.g. spec.sae.topK=16")
         return s
 
+    def output_arg(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--output", metavar="URI",
+                       help="override spec.output.storageUri (a sweep's spec.trialTemplate.output.storageUri)")
+
     s = manifest_cmd("run", "run a resource (training run, cache, sweep) on this machine")
-    s.add_argument("--output", metavar="URI", help="override spec.output.storageUri")
+    output_arg(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (0: any free port)")
     s.set_defaults(func=cmd_run)
     s = manifest_cmd("validate", "check a manifest")
+    output_arg(s)
     s.add_argument("--check-model", action="store_true", help="also read the model's config.json and check the hook names")
     s.set_defaults(func=cmd_validate)
-    manifest_cmd("render", "print the Kubernetes objects the operator would create").set_defaults(func=cmd_render)
+    s = manifest_cmd("render", "print the Kubernetes objects the operator would create (storage must be "
+                               "s3:// or an absolute path a pod can mount)")
+    output_arg(s)
+    s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("crds", help="generate the CRD YAML files")
     s.add_argument("--out", default="crds", help="output directory")

@@ -64,3 +64,21 @@ def test_endpoint_refused(url):
 
 def test_endpoint_ok():
     assert check_endpoint_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("uri", ["//", "///a", "/a//", "s3://bkt//", "s3://bkt/a//", "file:////a", ".//a", "a//"])
+def test_runs_of_slashes_are_refused_anywhere(uri):
+    with pytest.raises(URIError, match="empty segment"):
+        parse_storage_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["runs/\x01x", "/a/\x7fb", "s3://bkt/a\x85"[:-1] + "\x1b", "/a\n"])
+def test_control_characters_are_refused(uri):
+    with pytest.raises(URIError, match="control characters"):
+        parse_storage_uri(uri)
+
+
+def test_a_leading_dot_slash_is_the_same_relative_path():
+    assert parse_storage_uri("./runs/x") == parse_storage_uri("runs/x")
+    with pytest.raises(URIError):
+        parse_storage_uri("runs/./x")

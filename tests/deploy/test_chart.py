@@ -35,8 +35,15 @@ TOGGLES: dict[str, dict[str, Any]] = {
     "monitoring-forced-cluster-wide": {**MONITORING_FORCED, "watch": {"clusterWide": True}},
     "network-policy": {"networkPolicy": {"enabled": True, "metricsFrom": [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
-    "secrets": {"secrets": {"names": ["saeops-s3-credentials"]}},
-    "secrets-cluster-wide": {"secrets": {"names": ["saeops-s3-credentials"]}, "watch": {"clusterWide": True}},
+    "runs-restricted": {"runs": {
+        "allowedStoragePrefixes": ["s3://sae-artifacts/{namespace}", "/mnt/shared/{namespace}"],
+        "allowedImages": ["ghcr.io/saeops/saeops:*", "registry.corp/ml/trainer:1.2"],
+        "allowedServiceAccountNames": ["default", "saeops-runner"],
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "observability"}},
+                                           "podSelector": {"matchLabels": {"app": "prometheus"}}}]}}},
+    "runs-restricted-cluster-wide": {"runs": {"allowedStoragePrefixes": ["s3://sae-artifacts/{namespace}"]},
+                                     "watch": {"clusterWide": True}},
+    "no-run-network-policy": {"runs": {"networkPolicy": {"enabled": False}}},
     "no-rbac-no-sa": {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}},
     "no-metrics-service": {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"force": True}}},
     "digest-and-extras": {
@@ -103,7 +110,8 @@ def test_lint_is_clean() -> None:
     assert result["messages"] == [], result
 
 
-@pytest.mark.parametrize("toggle", ["cluster-wide", "monitoring-forced", "network-policy", "secrets"])
+@pytest.mark.parametrize("toggle", ["cluster-wide", "monitoring-forced", "network-policy", "runs-restricted",
+                                    "no-run-network-policy"])
 def test_lint_is_clean_with_toggles(toggle: str) -> None:
     result = helm.lint(CHART, TOGGLES[toggle], strict=True, kube_version="v" + KUBE_VERSIONS[0])
     assert result["errors"] == [], result
@@ -118,7 +126,13 @@ def test_lint_is_clean_with_toggles(toggle: str) -> None:
         {"operator": {"metricsPort": 70000}},
         {"image": {"pullPolicy": "Sometimes"}},
         {"metrics": {"podMonitor": {"interval": "soon"}}},
-        {"secrets": {"names": "one"}},
+        {"secrets": {"names": ["one"]}},  # removed: the operator reads no Secret
+        {"runs": {"allowedStoragePrefixes": ["runs/{namespace}"]}},  # relative: no pod can use it
+        {"runs": {"allowedStoragePrefixes": ["ftp://x/{namespace}"]}},
+        {"runs": {"allowedImages": ["has space"]}},
+        {"runs": {"allowedServiceAccountNames": ["Not_A_Name"]}},
+        {"runs": {"networkPolicy": {"metricsFrom": [{"podSelektor": {}}]}}},
+        {"runs": {"networkPolicy": {"enabled": "yes"}}},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
@@ -321,14 +335,31 @@ def test_chart_packages() -> None:
         assert str(archive).endswith("saeops-0.1.0.tgz")
 
 
-@pytest.mark.parametrize("toggle", ["default", "namespaced-multi", "cluster-wide", "digest-and-extras"])
+@pytest.mark.parametrize("toggle", ["default", "namespaced-multi", "cluster-wide", "digest-and-extras",
+                                    "runs-restricted", "runs-restricted-cluster-wide", "no-run-network-policy"])
 def test_operator_cli_accepts_the_rendered_arguments(toggle: str) -> None:
     cli = pytest.importorskip("saeops.operator.cli", reason="operator CLI not present yet")
     container = operator_container(rendered_objects(TOGGLES[toggle]))
     assert container["command"] == ["saeops", "operator"]
     args = cli.parse_args(container["args"])
     assert args.metrics_port == 9090 and args.liveness == "http://0.0.0.0:8080/healthz"
-    if toggle == "cluster-wide":
+    assert args.no_scanning
+    if "cluster-wide" in toggle:
         assert args.all_namespaces and not args.namespace
     else:
         assert args.namespace and not args.all_namespaces
+    # The cluster policy the values describe reaches the operator intact.
+    policy = cli.build_policy(args)
+    runs = TOGGLES[toggle].get("runs", {})
+    assert policy.storage_prefixes == tuple(runs.get("allowedStoragePrefixes", ()))
+    assert policy.images == tuple(runs.get("allowedImages", ()))
+    assert policy.service_accounts == tuple(runs.get("allowedServiceAccountNames", ()))
+    netpol = runs.get("networkPolicy", {})
+    assert policy.network_policy == netpol.get("enabled", True)
+    if policy.network_policy:
+        operator_peer, *others = policy.metrics_from
+        assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+        dep = deployment(rendered_objects(TOGGLES[toggle]))
+        assert operator_peer["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        default_peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        assert others == netpol.get("metricsFrom", default_peers)

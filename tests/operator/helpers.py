@@ -24,16 +24,24 @@ def examples() -> list[Path]:
 
 
 def example_docs() -> list[Obj]:
-    """Every document of every example manifest."""
+    """Every document of every example manifest, as a cluster would get it: the examples written
+    for `saeops run` write to a relative path, which a pod cannot use, so those write to S3 here."""
     docs = []
     for path in examples():
         docs.extend(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
+    for doc in docs:
+        spec = doc["spec"].get("trialTemplate", doc["spec"])
+        output = spec.get("output") or {}
+        if "://" not in output.get("storageUri", "://") and not output["storageUri"].startswith("/"):
+            output["storageUri"] = f"s3://bucket/{output['storageUri']}"
     return docs
 
 
 def quickstart() -> Obj:
-    """The quickstart run, as the API server would return it (namespace, uid, generation)."""
+    """The quickstart run, as the API server would return it (namespace, uid, generation), writing
+    to S3: the example's relative output is for `saeops run`, and a cluster refuses it."""
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["output"] = {"storageUri": "s3://bucket/runs/quickstart"}
     return with_server_fields(doc)
 
 
@@ -93,18 +101,21 @@ def sweep_doc(max_trials: int = 4, parallel: int = 2, max_failed: int = 2, targe
 
 
 def apply(obs: Observed, desired: Desired) -> Observed:
-    """What the cluster looks like after the handler applied `desired` (no controllers ran)."""
+    """What the cluster looks like after the handler applied `desired` (no controllers ran): the
+    API server gives each created child a uid."""
     res = copy.deepcopy(obs.resource)
     if desired.status is not None:
         res["status"] = copy.deepcopy(desired.status)
     kw: Obj = {"resource": res, "job": obs.job, "configmap": obs.configmap, "service": obs.service,
-               "pods": obs.pods, "cache": obs.cache, "metrics": obs.metrics, "summary": obs.summary}
+               "networkpolicy": obs.networkpolicy, "pods": obs.pods, "cache": obs.cache, "metrics": obs.metrics}
     for ref in desired.delete:
         kw[ref.kind.lower()] = None
         if ref.kind == "Job":
             kw["pods"] = ()
     for child in desired.create:
-        kw[child["kind"].lower()] = copy.deepcopy(child)
+        created = copy.deepcopy(child)
+        created["metadata"]["uid"] = f"uid-{child['kind'].lower()}-{child['metadata']['name']}"
+        kw[child["kind"].lower()] = created
     return Observed(**kw)
 
 
@@ -134,13 +145,19 @@ def finished(job: Obj, ctype: str, reason: str = "") -> Obj:
                     **({"succeeded": job["spec"]["completions"]} if ctype == "Complete" else {"failed": 1}))
 
 
-def pod(name: str, phase: str = "Running", index: int = 0, disrupted: bool = False, ip: str = "10.0.0.1") -> Obj:
+def pod(name: str, phase: str = "Running", index: int = 0, disrupted: bool = False, ip: str = "10.0.0.1",
+        message: str | None = None, job: Obj | None = None) -> Obj:
+    """A pod of `job` (owner reference to its uid); `message`: its container's termination message."""
     conds = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}] if disrupted else []
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-        "status": {"phase": phase, "podIP": ip, "conditions": conds},
-    }
+    status: Obj = {"phase": phase, "podIP": ip, "conditions": conds}
+    if message is not None:
+        code = 0 if phase == "Succeeded" else 1
+        status["containerStatuses"] = [{"name": "runtime", "state": {"terminated": {"exitCode": code, "message": message}}}]
+    meta: Obj = {"name": name, "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}}
+    if job is not None:
+        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                                    "uid": job["metadata"]["uid"], "controller": True}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
 
 
 def cond(status: Obj, ctype: str) -> Obj:

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from saeops.api import KINDS
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.reconcile import reconcile
-from saeops.operator.state import Observed, ObservedSweep
+from saeops.operator.state import Observed, ObservedSweep, Rejection
 from saeops.operator.sweep import reconcile_sweep
 
 from .helpers import T0, cache_doc, cond, example_docs, quickstart, sweep_doc, with_server_fields
@@ -58,13 +59,14 @@ def mutated(draw, bases):
 
 
 def _valid(doc: dict) -> bool:
+    """Valid for the spec models and for a cluster (e.g. no relative storageUri)."""
     cls = KINDS[doc["kind"]]
     try:
-        cls.model_validate({**{k: doc[k] for k in ("apiVersion", "kind", "spec")},
-                            "metadata": {"name": doc["metadata"]["name"], "namespace": "default"}})
+        model = cls.model_validate({**{k: doc[k] for k in ("apiVersion", "kind", "spec")},
+                                    "metadata": {"name": doc["metadata"]["name"], "namespace": "default"}})
     except (ValidationError, ValueError, TypeError):
         return False
-    return True
+    return ClusterPolicy().check(model, "default") is None
 
 
 def _aliases() -> set[str]:
@@ -113,3 +115,69 @@ def test_sweep_reconcile_never_raises(doc):
     if not _valid(doc):
         assert not d.create
         _check_invalid(d.status)
+
+
+# ---------------------------------------------------------------- ownership and refusals
+def _started_children() -> dict:
+    from .helpers import step
+
+    _, obs = step(Observed(resource=quickstart()))
+    return {"configmap": obs.configmap, "service": obs.service, "networkpolicy": obs.networkpolicy, "job": obs.job,
+            "resource": obs.resource}
+
+
+STARTED = _started_children()
+CHILD_FIELDS = ("configmap", "service", "networkpolicy", "job")
+
+
+@st.composite
+def worlds(draw):
+    """A run after its first pass, with each child absent, ours, ours being deleted, or someone
+    else's; a Job in any state; maybe a refusal from the API server or a 409 namesake."""
+    res = copy.deepcopy(STARTED["resource"])
+    if draw(st.booleans()):
+        res["metadata"]["generation"] = 2
+    kw = {}
+    for f in CHILD_FIELDS:
+        obj = copy.deepcopy(STARTED[f])
+        state = draw(st.sampled_from(["absent", "ours", "deleting", "foreign", "no-refs"]))
+        if state == "absent":
+            obj = None
+        elif state == "deleting":
+            obj["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+        elif state == "foreign":
+            obj["metadata"]["ownerReferences"] = [{"uid": "someone-else", "kind": "X", "name": "x", "apiVersion": "v1"}]
+            obj["metadata"]["uid"] = f"foreign-{f}"
+        elif state == "no-refs":
+            obj["metadata"].pop("ownerReferences")
+            obj["metadata"]["uid"] = f"foreign-{f}"
+        kw[f] = obj
+    if kw["job"] is not None:
+        kw["job"]["status"] = draw(st.sampled_from([
+            {}, {"active": 1}, {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+            {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}]))
+    if draw(st.booleans()):
+        code = draw(st.sampled_from([400, 403, 404, 422]))
+        kw["rejection"] = Rejection("Job", "quickstart-run", code, draw(st.text(max_size=50)))
+    if draw(st.booleans()):
+        kw["foreign"] = ({"kind": "Job", "metadata": {"name": "quickstart-run", "uid": "foreign-409"}},)
+    return Observed(resource=res, **kw)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(worlds())
+def test_foreign_objects_are_never_touched_and_refusals_end_the_run(obs):
+    d = reconcile(obs, T0)
+    assert reconcile(obs, T0) == d  # pure
+    foreign_uids = {o["metadata"]["uid"] for o in (getattr(obs, f) for f in CHILD_FIELDS)
+                    if o is not None and o["metadata"]["uid"].startswith("foreign")}
+    assert not {ref.uid for ref in d.delete} & foreign_uids, "deleted an object it does not own"
+    assert all(ref.uid for ref in d.delete), "every delete is conditional on the uid it saw"
+    if foreign_uids or obs.foreign:
+        assert not d.create
+        assert cond(d.status, "Failed")["reason"] == "NameConflict"
+    elif obs.rejection is not None:
+        assert not d.create
+        failed = cond(d.status, "Failed")
+        assert failed["reason"] == ("InvalidSpec" if obs.rejection.code in (400, 422) else "Rejected")
+        assert f"HTTP {obs.rejection.code}" in failed["message"]

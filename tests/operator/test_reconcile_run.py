@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -24,6 +25,8 @@ from .helpers import (
     step,
 )
 
+JOB_REF = ChildRef("batch/v1", "Job", "quickstart-run", "uid-job-quickstart-run")
+
 
 def _started(doc=None, now=T0) -> Observed:
     """After the first reconcile: ConfigMap, Service, Job exist."""
@@ -33,7 +36,7 @@ def _started(doc=None, now=T0) -> Observed:
 
 def _running(doc=None) -> Observed:
     obs = _started(doc)
-    obs = Observed(**{**obs.__dict__, "job": job_with(obs.job, active=1), "pods": (pod("quickstart-0-abc"),)})
+    obs = Observed(**{**obs.__dict__, "job": job_with(obs.job, active=1), "pods": (pod("quickstart-0-abc", job=obs.job),)})
     _, obs = step(obs)
     return obs
 
@@ -45,7 +48,7 @@ def _with(obs: Observed, **kw) -> Observed:
 @pytest.mark.parametrize("make", [quickstart, cache_doc], ids=["run", "cache"])
 def test_first_reconcile_creates_children_with_unknown_conditions(make):
     d = reconcile(Observed(resource=make()), T0)
-    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "Job"]
+    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
     st = d.status
     assert {c["type"] for c in st["conditions"]} == {"Admitted", "Running", "Succeeded", "Failed", "Suspended"}
     assert cond(st, "Succeeded")["status"] == "Unknown" and cond(st, "Failed")["status"] == "Unknown"
@@ -76,24 +79,31 @@ def test_running_progress_and_metrics_are_strings():
     assert all(isinstance(v, str) for v in st["metrics"].values())
 
 
-def test_running_reports_the_latest_checkpoint():
+def test_running_reports_the_latest_checkpoint_from_metrics():
     obs = _started()
-    uri = "s3://bucket/runs/q/checkpoints/step-00000100/state.pt"
-    d = reconcile(_with(obs, job=job_with(obs.job, active=1), pods=(pod("p0"),), checkpoint=uri), T0)
-    assert d.status["lastCheckpoint"] == uri
-    d = reconcile(_with(obs, job=job_with(obs.job, active=1), pods=(pod("p0"),)), T0)
-    assert "lastCheckpoint" not in d.status  # nothing recorded yet: nothing claimed
+    running = _with(obs, job=job_with(obs.job, active=1), pods=(pod("p0", job=obs.job),))
+    d = reconcile(_with(running, metrics={"saeops_checkpoint_step": 100.0, "saeops_tokens_processed": 5.0}), T0)
+    assert d.status["lastCheckpoint"] == "s3://bucket/runs/quickstart/checkpoints/step-00000100"
+    for scraped in (None, {"saeops_checkpoint_step": 0.0}, {"saeops_checkpoint_step": float("nan")},
+                    {"saeops_checkpoint_step": 2.5}):
+        d = reconcile(_with(running, metrics=scraped), T0)
+        assert "lastCheckpoint" not in d.status, scraped  # nothing recorded yet: nothing claimed
 
 
-def test_job_success_writes_final_metrics_and_artifacts():
+def test_job_success_writes_final_metrics_from_the_termination_message():
     obs = _running()
-    summary = {"l0": 32.0, "explained_variance": 0.91, "mse": 0.01, "dead_fraction": 0.0, "tokens": 400000, "seconds": 12.5}
-    d = reconcile(_with(obs, job=finished(obs.job, "Complete"), summary=summary), later(60))
+    final = {"l0": 32.0, "explained_variance": 0.91, "mse": 0.01, "dead_fraction": 0.0, "tokens": 400000, "seconds": 12.5}
+    ckpt = "s3://bucket/runs/quickstart/checkpoints/step-00000097"
+    message = json.dumps({"final": final, "lastCheckpoint": ckpt})
+    pods = (pod("q-0", "Succeeded", message=message, job=obs.job),)
+    d = reconcile(_with(obs, job=finished(obs.job, "Complete"), pods=pods), later(60))
     st = d.status
     assert st["phase"] == "Succeeded" and cond(st, "Succeeded")["reason"] == "Completed"
     assert cond(st, "Failed")["status"] == "False" and cond(st, "Running")["status"] == "False"
     assert st["metrics"]["explained_variance"] == "0.91" and st["metrics"]["l0"] == "32"
-    assert st["artifacts"]["sae"] == "runs/quickstart/sae.safetensors"
+    assert st["metrics"]["tokens"] == "400000" and st["metrics"]["seconds"] == "12.5"
+    assert st["lastCheckpoint"] == ckpt
+    assert st["artifacts"]["sae"] == "s3://bucket/runs/quickstart/sae.safetensors"
     assert st["progress"]["percent"] == "100.0" and st["completionTime"] == "2025-01-01T00:01:00Z"
     assert [e.reason for e in d.events] == ["Completed"]
     assert not d.delete  # the Job stays for its logs
@@ -104,7 +114,7 @@ def test_job_failure_restarts_then_backoff_limit():
     doc["spec"]["failurePolicy"] = {"maxRestarts": 1}
     obs = _running(doc)
     d, obs = step(_with(obs, job=finished(obs.job, "Failed", "BackoffLimitExceeded")))
-    assert d.delete == [ChildRef("batch/v1", "Job", "quickstart")]
+    assert d.delete == [JOB_REF]
     assert d.status["restarts"] == 1 and cond(d.status, "Running")["reason"] == "JobFailed"
     assert [e.reason for e in d.events] == ["JobFailed"] and d.requeue_after is not None
     d, obs = step(obs)  # job gone -> recreated, restarts kept
@@ -119,7 +129,7 @@ def test_job_failure_restarts_then_backoff_limit():
 def test_preempted_failed_job_is_recreated_without_counting():
     obs = _running()
     d, obs = step(_with(obs, job=finished(obs.job, "Failed"), pods=(pod("p0", "Failed", disrupted=True),)))
-    assert d.delete == [ChildRef("batch/v1", "Job", "quickstart")]
+    assert d.delete == [JOB_REF]
     assert d.status["restarts"] == 0 and cond(d.status, "Running")["reason"] == "Preempted"
     assert [e.reason for e in d.events] == ["Preempted"]
     d, obs = step(obs)
@@ -148,7 +158,7 @@ def test_suspend_and_resume():
     res["spec"]["suspend"] = True
     res["metadata"]["generation"] = 2
     d, obs = step(_with(obs, resource=res))
-    assert d.delete == [ChildRef("batch/v1", "Job", "quickstart")]
+    assert d.delete == [JOB_REF]
     st = d.status
     assert st["phase"] == "Suspended" and cond(st, "Suspended")["status"] == "True"
     assert cond(st, "Running")["reason"] == "Suspended" and st["startTime"] == "2025-01-01T00:00:00Z"
@@ -179,7 +189,7 @@ def test_active_deadline():
     d, obs = step(obs, later(100))
     st = d.status
     assert st["phase"] == "Failed" and cond(st, "Failed")["reason"] == "DeadlineExceeded"
-    assert d.delete == [ChildRef("batch/v1", "Job", "quickstart")]
+    assert d.delete == [JOB_REF]
     assert [e.reason for e in d.events] == ["DeadlineExceeded"]
 
 
@@ -221,7 +231,7 @@ def test_invalid_spec_fixed_in_new_generation_runs():
     res["spec"]["sae"]["topK"] = 32
     res["metadata"]["generation"] = 2
     d = reconcile(_with(obs, resource=res), T0)
-    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "Job"]
+    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
 
 
 def test_cache_not_ready_then_ready():
@@ -237,7 +247,7 @@ def test_cache_not_ready_then_ready():
     assert not [e for e in d.events if e.reason == "CacheNotReady"]  # reason unchanged: no new event
     cache["status"] = {"phase": "Succeeded", "artifacts": {"cache": "s3://bucket/caches/acts"}}
     d = reconcile(_with(obs, cache=cache), T0)
-    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "Job"]
+    assert [c["kind"] for c in d.create] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
     assert cond(d.status, "CacheReady")["status"] == "True"
     assert '"cacheUri": "s3://bucket/caches/acts"' in d.create[0]["data"]["spec.json"]
 

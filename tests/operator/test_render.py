@@ -7,7 +7,8 @@ import json
 import kubernetes_validate
 import pytest
 
-from saeops.api import SAETrainingRun, names, parse_resource
+from saeops.api import SAETrainingRun, layout, names, parse_resource
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.render import render_children, render_manifest
 
 from .helpers import cache_doc, example_docs, quickstart, run_on_cache, sweep_doc
@@ -55,22 +56,63 @@ def test_render_manifest_examples_validate(doc):
             kubernetes_validate.validate(obj, K8S, strict=True)
 
 
-def test_pod_security_restricted():
-    pod = _job(_big_run())["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in pod["containers"]:
-        sc = c["securityContext"]
-        assert sc["allowPrivilegeEscalation"] is False
-        assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
-        assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-        assert "privileged" not in sc or sc["privileged"] is False
-        assert not c.get("ports") or all("hostPort" not in p for p in c["ports"])
-    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
-    allowed = {"configMap", "emptyDir", "secret", "projected", "persistentVolumeClaim", "downwardAPI"}
-    for v in pod["volumes"]:
-        assert set(v) - {"name"} <= allowed, v
+def _restricted_violations(pod: dict) -> list[str]:
+    """Pod Security Standards "restricted" (v1.30+), checked field by field."""
+    bad = []
+    psc = pod.get("securityContext", {})
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        bad.append("host namespaces")
+    allowed = {"configMap", "emptyDir", "secret", "projected", "persistentVolumeClaim", "downwardAPI", "csi",
+               "ephemeral"}
+    bad += [f"volume {v['name']}" for v in pod.get("volumes", []) if set(v) - {"name"} - allowed]
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("privileged"):
+            bad.append("privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append("allowPrivilegeEscalation")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            bad.append("runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append("runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append("seccompProfile")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append("capabilities")
+        if any("hostPort" in p for p in c.get("ports", [])):
+            bad.append("hostPort")
+        if (sc.get("procMount") or "Default") != "Default":
+            bad.append("procMount")
+    return bad
+
+
+@pytest.mark.parametrize("doc", [quickstart(), _big_run(), cache_doc(), run_on_cache()], ids=["run", "big", "cache", "fromcache"])
+def test_pods_are_restricted_read_only_and_tokenless(doc):
+    pod = _job(doc)["spec"]["template"]["spec"]
+    assert _restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["terminationMessagePath"] == layout.TERMINATION_LOG
+    # Every place the runtime and its libraries write is an emptyDir, never the image.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {path for path, name in mounts.items() if "emptyDir" in volumes[name]}
+    assert {"/tmp", "/dev/shm"} <= writable
+    env = {e["name"]: e for e in c["env"]}
+    for key in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR", "MPLCONFIGDIR"):
+        assert any(env[key]["value"] == w or env[key]["value"].startswith(w + "/") for w in writable), key
+    assert env["SAEOPS_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_pod_security_restricted_check_catches_violations():
+    pod = _job(quickstart())["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}})
+    assert set(_restricted_violations(pod)) == {"allowPrivilegeEscalation", "volume h"}
 
 
 def test_indexed_job_and_torchrun():
@@ -82,10 +124,10 @@ def test_indexed_job_and_torchrun():
         "action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    assert pod["subdomain"] == names.service_name("quickstart")
+    assert pod["subdomain"] == names.service_name("SAETrainingRun", "quickstart") == "quickstart-run"
     cmd = pod["containers"][0]["command"]
     assert cmd[:4] == ["torchrun", "--nnodes=4", "--nproc-per-node=8", "--node-rank=$(JOB_COMPLETION_INDEX)"]
-    assert "--master-addr=quickstart-0.quickstart" in cmd and "--master-port=29500" in cmd
+    assert "--master-addr=quickstart-run-0.quickstart-run" in cmd and "--master-port=29500" in cmd
     assert cmd[-2:] == ["--spec", "/etc/saeops/spec.json"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert "JOB_COMPLETION_INDEX" in env and env["SAEOPS_RUN_NAME"]["value"] == "quickstart"
@@ -113,7 +155,9 @@ def test_secret_only_by_reference():
     cm = next(o for o in children if o["kind"] == "ConfigMap")
     spec = json.loads(cm["data"]["spec.json"])
     assert spec["spec"]["output"]["secretRef"] == {"name": "s3-creds"}
-    assert "status" not in spec and "uid" not in spec["metadata"]
+    assert "status" not in spec
+    # Identity for the runtime's run fingerprint: name, namespace and uid.
+    assert spec["metadata"] == {"name": "quickstart", "namespace": "default", "uid": "uid-quickstart"}
     SAETrainingRun.model_validate(spec)  # the runtime can read it
 
 
@@ -122,6 +166,7 @@ def test_service_headless_and_owner_refs():
     svc = next(o for o in children if o["kind"] == "Service")
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"] == {names.LABEL_RUN: "quickstart", names.LABEL_KIND: "saetrainingrun"}
+    assert svc["metadata"]["name"] == "quickstart-run"
     pod_labels = _job(quickstart())["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     for obj in children:
@@ -140,14 +185,21 @@ def test_cache_ref_becomes_cache_uri():
     assert acts == {"cacheUri": "s3://bucket/caches/acts"}
 
 
-def test_long_names_are_valid_and_deterministic():
+@pytest.mark.parametrize("kind", ["SAETrainingRun", "ActivationCache"])
+def test_long_names_are_valid_and_deterministic(kind):
     long = "a" * 63
-    for fn, limit in ((names.job_name, 52), (names.service_name, 52), (names.configmap_name, 63)):
-        a, b = fn(long), fn(long)
+    for fn, limit in ((names.job_name, 52), (names.service_name, 52), (names.configmap_name, 63),
+                      (names.network_policy_name, 52)):
+        a, b = fn(kind, long), fn(kind, long)
         assert a == b and len(a) <= limit and names.DNS_LABEL_RE.match(a)
-    assert names.job_name(long) != names.job_name("a" * 62)
-    assert names.service_name("1run")[0].isalpha()
-    assert names.job_name("quickstart") == "quickstart"
+    # Pods of an Indexed Job have the hostname `<job>-<index>` (a DNS label), even for 10-digit indexes.
+    assert len(f"{names.job_name(kind, long)}-{9_999_999_999}") <= 63
+    assert names.job_name(kind, long) != names.job_name(kind, "a" * 62)
+    assert names.service_name(kind, "1run")[0].isalpha()
+    suffix = "-run" if kind == "SAETrainingRun" else "-cache"
+    assert names.job_name(kind, "quickstart") == "quickstart" + suffix
+    assert names.configmap_name(kind, "quickstart") == f"quickstart{suffix}-spec"
+    assert names.job_name(kind, long).endswith(suffix)
     doc = quickstart()
     doc["metadata"]["name"] = long
     for obj in _children(doc):
@@ -158,3 +210,43 @@ def test_render_sweep_gives_first_trials():
     trials = render_manifest(sweep_doc(parallel=3))
     assert [t["metadata"]["name"] for t in trials] == ["sw-0", "sw-1", "sw-2"]
     assert trials[0]["spec"]["output"]["storageUri"].endswith("/sw-0")
+
+
+def test_child_names_of_every_kind_and_name_are_distinct():
+    """No two (kind, name) pairs share a Job, Service, ConfigMap or NetworkPolicy name."""
+    pool = ["a", "a-run", "a-cache", "a-run-spec", "run", "cache", "x" * 63, "x" * 62, "1a", "s-1a"]
+    for fn in (names.job_name, names.service_name, names.configmap_name, names.network_policy_name):
+        made = {(kind, n): fn(kind, n) for kind in ("SAETrainingRun", "ActivationCache") for n in pool}
+        assert len(set(made.values())) == len(made), fn.__name__
+
+
+def test_network_policy_fences_the_run():
+    doc = _big_run()
+    peers = ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},)
+    children = render_children(doc, parse_resource({k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec")}),
+                               policy=ClusterPolicy(metrics_from=peers))
+    assert [c["kind"] for c in children] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
+    netpol = children[2]
+    kubernetes_validate.validate(netpol, K8S, strict=True)
+    pod_labels = _job(doc)["spec"]["template"]["metadata"]["labels"]
+    spec = netpol["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    same_run, metrics = spec["ingress"]
+    # Same run: every port (torchrun's rendezvous and the collectives' data ports), same namespace only.
+    assert same_run == {"from": [{"podSelector": spec["podSelector"]}]}
+    assert metrics == {"from": list(peers), "ports": [{"port": 9400, "protocol": "TCP"}]}
+    # Another run's pods do not match: the selector names the run.
+    assert spec["podSelector"]["matchLabels"][names.LABEL_RUN] == "quickstart"
+    off = render_children(doc, parse_resource({k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec")}),
+                          policy=ClusterPolicy(network_policy=False))
+    assert [c["kind"] for c in off] == ["ConfigMap", "Service", "Job"]
+
+
+def test_render_output_has_no_shared_objects():
+    """`saeops render` prints YAML: a dict used twice would print as an anchor and an alias."""
+    import yaml
+
+    for doc in (quickstart(), cache_doc()):
+        text = yaml.safe_dump_all(_children(doc), sort_keys=False)
+        assert "&id" not in text and "*id" not in text

@@ -43,7 +43,7 @@ def test_grid_creates_parallel_trials_with_assigned_parameters():
     assert t1["spec"]["sae"]["topK"] == 16 and t1["spec"]["trainer"]["lr"] == 0.001
     assert t0["metadata"]["labels"][names.LABEL_SWEEP] == "sw"
     assert t0["metadata"]["ownerReferences"][0]["kind"] == "SAESweep"
-    assert t0["spec"]["output"]["storageUri"] == "runs/quickstart/sw-0"
+    assert t0["spec"]["output"]["storageUri"] == "s3://bucket/runs/quickstart/sw-0"
     for t in d.create:
         parse_resource(t)
     st = d.status
@@ -191,3 +191,43 @@ def test_foreign_trials_are_ignored():
     other["metadata"]["name"] = "other-0"
     d = reconcile_sweep(ObservedSweep(resource=obs.resource, trials=(*obs.trials, other)), T0)
     assert d.changes_nothing
+
+
+def test_only_owned_trials_count():
+    d, obs = _step(ObservedSweep(resource=sweep_doc(max_trials=2, parallel=2)))
+    impostor = copy.deepcopy(d.create[0])
+    impostor["metadata"]["ownerReferences"] = [{"apiVersion": "saeops.io/v1alpha1", "kind": "SAESweep", "name": "sw",
+                                                "uid": "another-sweep-of-that-name"}]
+    # A labelled run the sweep does not own, claiming to be the best trial: not counted, not reported.
+    fake = _finish(impostor, ev=0.99)
+    fake["metadata"]["name"] = "sw-impostor"
+    real = [_finish(t, ev=0.5) for t in d.create]
+    d = reconcile_sweep(_replace(obs, [*real, fake]), T0)
+    assert d.status["trials"] == 2 and d.status["trialsSucceeded"] == 2
+    assert d.status["bestTrial"]["name"] in ("sw-0", "sw-1")
+
+
+def test_a_trial_name_taken_by_a_foreign_run_fails_the_sweep_and_stops_creating():
+    sweep = sweep_doc()
+    taken = {"apiVersion": "saeops.io/v1alpha1", "kind": "SAETrainingRun",
+             "metadata": {"name": "sw-0", "namespace": "default", "uid": "theirs"}}
+    d = reconcile_sweep(ObservedSweep(resource=sweep, foreign=(taken,)), T0)
+    assert not d.create and d.status["phase"] == "Failed"
+    failed = cond(d.status, "Failed")
+    assert failed["reason"] == "NameConflict" and "SAETrainingRun sw-0" in failed["message"]
+    sweep = copy.deepcopy(sweep)
+    sweep["status"] = d.status
+    assert reconcile_sweep(ObservedSweep(resource=sweep), T0).changes_nothing  # no retry for this generation
+    sweep["metadata"]["generation"] = 2
+    d = reconcile_sweep(ObservedSweep(resource=sweep), T0)
+    assert [t["metadata"]["name"] for t in d.create] == ["sw-0", "sw-1"]
+    assert cond(d.status, "Failed")["status"] == "False"
+
+
+def test_a_refused_trial_fails_the_sweep():
+    from saeops.operator.state import Rejection
+
+    rej = Rejection("SAETrainingRun", "sw-0", 422, 'SAETrainingRun.saeops.io "sw-0" is invalid: spec.sae.topK: Invalid value')
+    d = reconcile_sweep(ObservedSweep(resource=sweep_doc(), rejection=rej), T0)
+    assert not d.create and cond(d.status, "Failed")["reason"] == "InvalidSpec"
+    assert "spec.sae.topK: Invalid value" in cond(d.status, "Failed")["message"]

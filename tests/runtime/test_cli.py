@@ -118,3 +118,77 @@ def test_cache_inspect_of_a_missing_cache_is_one_line(tmp_path: Path, capsys: py
     assert main(["cache", "inspect", str(tmp_path / "nothing-here")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "nothing-here" in err[0]
+
+
+def test_run_with_an_infinite_weight_decay_is_refused_at_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to exit 0 with NaN weights and NaN metrics."""
+    for value in (".inf", ".nan"):
+        manifest = tmp_path / "run.yaml"
+        manifest.write_text(yaml.safe_dump(tiny_run_doc(tmp_path)).replace("trainer:\n", f"trainer:\n    weightDecay: {value}\n"))
+        for command in ("validate", "run"):
+            code, out, err = run_cli(capsys, command, str(manifest))
+            assert code == 2 and out == "", (command, err)
+            assert err.strip() == f"error: {manifest}: spec.trainer.weightDecay: Input should be a finite number"
+        assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(("output", "needle"), [
+    ("../elsewhere", "'..' segment"), ("~/runs", "'~' is not expanded"), ("file:runs", "three slashes"),
+    ("s3:///x", "no bucket"), ("gs://b/x", "unsupported scheme"),
+])
+def test_output_is_validated_like_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str,
+                                            needle: str) -> None:
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(tiny_run_doc(tmp_path)))
+    for command in ("validate", "render", "run"):
+        code, out, err = run_cli(capsys, command, str(manifest), "--output", output)
+        assert code == 2 and out == "" and err.count("\n") == 1, (command, err)
+        assert "spec.output.storageUri" in err and needle in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", "run.yaml"]
+
+
+def test_render_output_sets_the_storage_of_runs_and_sweep_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = tiny_run_doc(tmp_path)
+    doc["spec"]["output"]["storageUri"] = "runs/tiny"  # fine for `saeops run`, not for a pod
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    assert run_cli(capsys, "validate", str(manifest))[0] == 0
+    code, _, err = run_cli(capsys, "render", str(manifest))
+    assert code == 2 and "spec.output.storageUri: 'runs/tiny' is a relative path" in err and "s3://" in err
+    code, out, _ = run_cli(capsys, "render", str(manifest), "--output", "s3://team-bucket/runs/tiny")
+    assert code == 0
+    spec_json = next(o for o in yaml.safe_load_all(out) if o["kind"] == "ConfigMap")["data"]["spec.json"]
+    assert json.loads(spec_json)["spec"]["output"]["storageUri"] == "s3://team-bucket/runs/tiny"
+    sweep = {"apiVersion": "saeops.io/v1alpha1", "kind": "SAESweep", "metadata": {"name": "sw"},
+             "spec": {"trialTemplate": doc["spec"], "parameters": [{"name": "sae.topK", "categorical": [2, 4]}]}}
+    manifest.write_text(yaml.safe_dump(sweep))
+    code, out, _ = run_cli(capsys, "render", str(manifest), "--output", "/mnt/shared/sweeps")
+    assert code == 0
+    trials = list(yaml.safe_load_all(out))
+    assert [t["spec"]["output"]["storageUri"] for t in trials] == ["/mnt/shared/sweeps/sw-0", "/mnt/shared/sweeps/sw-1"]
+
+
+def test_two_nodes_without_parallelism_run_two_data_parallel_processes_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #16's seam: `numNodes: 2` alone used to mean data=1, and every pod failed at start.
+    Now data defaults to numNodes x numProcPerNode / tensor, in the cluster and under `saeops run`
+    (which starts that many processes under torchrun on this machine)."""
+    import saeops.runtime.distributed.launcher as launcher
+
+    launched: list[int] = []
+    monkeypatch.setattr(launcher, "launch_torchrun", lambda res, procs, **kw: launched.append(procs) or 0)
+    doc = tiny_run_doc(tmp_path)
+    doc["spec"]["resources"] = {"numNodes": 2}
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    assert run_cli(capsys, "run", str(manifest), "--no-progress")[0] == 0
+    assert launched == [2]
+    doc["spec"]["parallelism"] = {"data": 1}
+    manifest.write_text(yaml.safe_dump(doc))
+    code, _, err = run_cli(capsys, "run", str(manifest))
+    assert code == 2 and "resources.numNodes x resources.numProcPerNode = 2 x 1 = 2 processes" in err

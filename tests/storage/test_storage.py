@@ -155,12 +155,31 @@ def test_open_storage_uris(tmp_path: Path) -> None:
     assert isinstance(open_storage(str(tmp_path)), LocalStorage)
     assert open_storage(f"file://{tmp_path}").uri == f"file://{tmp_path}"
     assert open_storage(f"file://localhost{tmp_path}").uri == f"file://{tmp_path}"
-    with pytest.raises(StorageError, match="unsupported storage scheme 'gs'"):
+    with pytest.raises(StorageError, match="unsupported scheme 'gs'"):
         open_storage("gs://bucket/x")
     with pytest.raises(StorageError, match="three slashes"):
         open_storage("file://relative/path")
-    with pytest.raises(StorageError, match="bucket name is empty"):
+    with pytest.raises(StorageError, match="no bucket"):
         open_storage("s3:///prefix")
+    assert open_storage("./rel/dir").uri == (Path.cwd() / "rel" / "dir").as_uri()  # nothing created
+
+
+@pytest.mark.parametrize("uri", ["file:relative", "~/x", "~root/x", "../../x", "a/../b", "s3://", "s3:///p",
+                                 "s3://b/a/../b", "s3://bkt/a//b", "/data/./x", "file:///a/../b"])
+def test_open_storage_refuses_what_validate_refuses(uri: str) -> None:
+    """The runtime opens exactly what the spec accepts: one parser (saeops.api.uris)."""
+    from saeops.api.uris import URIError, parse_storage_uri
+
+    with pytest.raises(URIError):
+        parse_storage_uri(uri)
+    with pytest.raises(StorageError):
+        open_storage(uri)
+
+
+@pytest.mark.parametrize("endpoint", ["file://", "ftp://h", "https://user:pw@h", "h:9000"])
+def test_open_storage_refuses_bad_endpoints(endpoint: str) -> None:
+    with pytest.raises(StorageError, match="endpoint"):
+        open_storage("s3://bkt/x", endpoint_url=endpoint)
     s3 = open_storage("s3://bkt/a/b/", endpoint_url="http://127.0.0.1:1")
     assert isinstance(s3, S3Storage)
     assert (s3.bucket, s3.prefix, s3.uri) == ("bkt", "a/b", "s3://bkt/a/b")

@@ -77,47 +77,56 @@ app.kubernetes.io/managed-by: saeops-operator
 {{- end }}
 
 {{/*
-RBAC rules the operator needs in a namespace it watches. Nothing else: no wildcards, Pods are
-read-only, Secrets are never listed or watched (only `get` on names from secrets.names).
+RBAC rules the operator needs in a namespace it watches: exactly the verbs its code calls
+(tests/deploy/test_rbac.py derives them from the requests the operator makes against the API
+emulator), plus `update` on the kinds' finalizers, which the API server's admission demands of
+whoever sets blockOwnerDeletion in an owner reference. No wildcards, no Secrets, Pods read-only.
 */}}
 {{- define "saeops.rbacRules" -}}
-# The three kinds: kopf reads them, patches finalizers/annotations; sweeps create and TTLs delete runs.
+# The three kinds: kopf lists, watches and patches them (its finalizer and annotations); sweeps
+# create trials; ttlSecondsAfterFinished deletes runs and caches.
 - apiGroups: ["saeops.io"]
   resources: ["saetrainingruns"]
-  verbs: ["get", "list", "watch", "patch", "update", "create", "delete"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["saeops.io"]
   resources: ["activationcaches"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["saeops.io"]
   resources: ["saesweeps"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["saeops.io"]
   resources: ["saetrainingruns/status", "activationcaches/status", "saesweeps/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion need update on the owner's finalizers.
 - apiGroups: ["saeops.io"]
   resources: ["saetrainingruns/finalizers", "activationcaches/finalizers", "saesweeps/finalizers"]
   verbs: ["update"]
-# Children of a run: the Indexed Job, its headless Service and the spec ConfigMap.
+# Children of a run: the Indexed Job (watched for progress), its headless Service, the spec
+# ConfigMap{{ if .Values.runs.networkPolicy.enabled }} and the run's NetworkPolicy{{ end }}: read by name, created, deleted; never listed or patched.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["create", "get", "list", "watch", "patch", "delete"]
-# Pods are only read (phase, restarts, rank-0 address for progress).
+  verbs: ["get", "create", "delete"]
+{{- if .Values.runs.networkPolicy.enabled }}
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
+# Pods are only read (phase, termination messages, the rank-0 address for progress).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # kopf posts events on the objects it handles.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-{{- with .Values.secrets.names }}
-# Only the named Secrets, only get.
-- apiGroups: [""]
-  resources: ["secrets"]
-  resourceNames: {{ . | uniq | toJson }}
-  verbs: ["get"]
+  verbs: ["create"]
 {{- end }}
+
+{{/* The operator pod as a NetworkPolicyPeer (JSON): its namespace, pinned by the label the API server sets, and its labels. */}}
+{{- define "saeops.operatorPeer" -}}
+{{- $ns := dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace) }}
+{{- $pod := dict "matchLabels" (include "saeops.selectorLabels" . | fromYaml) }}
+{{- dict "namespaceSelector" $ns "podSelector" $pod | toJson }}
 {{- end }}

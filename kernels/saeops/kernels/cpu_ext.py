@@ -47,9 +47,10 @@ def _cpu_flags() -> str:
 
 
 def build_name() -> str:
-    """Extension name: changes with the source, torch and the CPU's features."""
+    """Extension name: changes with the source (its bytes and its path: the build records the
+    path, so two checkouts sharing one name would rebuild each other's), torch and the CPU."""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (SOURCE.read_bytes(), str(SOURCE).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         h.update(part)
     return f"saeops_sparse_cpu_{h.hexdigest()[:12]}"
 

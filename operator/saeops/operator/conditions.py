@@ -8,6 +8,8 @@ from typing import Any
 RUN_CONDITIONS = ("Admitted", "Running", "Succeeded", "Failed", "Suspended")
 CACHE_READY = "CacheReady"
 SWEEP_CONDITIONS = ("Running", "Succeeded", "Failed", "Suspended")
+SPEC_FAILURES = frozenset({"InvalidSpec", "Forbidden", "Rejected", "NameConflict"})
+"""Failed reasons about the resource as written: terminal for its generation, retried on the next."""
 
 
 def rfc3339(t: datetime) -> str:

@@ -121,6 +121,12 @@ def structural(node: Schema, defs: Schema, rules: Rules, max_length: int = DEFAU
             if node.get("required"):
                 out["required"] = list(node["required"])
         extra = node.get("additionalProperties")
+        pattern_props = node.get("patternProperties")
+        if isinstance(pattern_props, dict) and len(pattern_props) == 1 and not props:
+            # pydantic writes a key pattern as patternProperties. Structural schemas cannot
+            # constrain map keys (and CEL over unbounded keys is too costly to estimate), so the
+            # values keep their schema here and the keys are checked by the spec models.
+            extra = next(iter(pattern_props.values()))
         if isinstance(extra, dict):
             out["additionalProperties"] = structural(extra, defs, rules, 1024)
             out["maxProperties"] = node.get("maxProperties", DEFAULT_MAX_PROPERTIES)

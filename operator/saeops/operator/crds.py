@@ -14,6 +14,17 @@ from saeops.api import ActivationCache, Resource, SAESweep, SAETrainingRun
 from saeops.api.names import GROUP, VERSION
 from saeops.operator.crd_schema import Rules, structural
 
+_PROCS = ("(has(self.resources) && has(self.resources.numNodes) ? self.resources.numNodes : 1) * "
+          "(has(self.resources) && has(self.resources.numProcPerNode) ? self.resources.numProcPerNode : 1)")
+_PARALLELISM_RULE = {
+    # Without data, the models default it to the process count / tensor; given, it must match
+    # (torchrun starts numNodes x numProcPerNode processes; the pods fail at start otherwise).
+    "rule": "!has(self.parallelism) || !has(self.parallelism.data) || self.parallelism.data * "
+            f"(has(self.parallelism.tensor) ? self.parallelism.tensor : 1) == {_PROCS}",
+    "message": "parallelism.data x parallelism.tensor must equal resources.numNodes x "
+               "resources.numProcPerNode (or leave parallelism.data out)",
+}
+
 # Unions the pydantic validators enforce, restated in CEL so `kubectl apply` rejects them
 # before the operator ever sees the object. Keyed by the pydantic model's name.
 UNION_RULES: Rules = {
@@ -35,7 +46,23 @@ UNION_RULES: Rules = {
             "rule": "has(self.type) && self.type == 'clt' ? (has(self.hookPointsIn) && size(self.hookPointsIn) > 0) : has(self.hookPointIn)",
             "message": "hookPointIn is required (hookPointsIn for type clt)",
         },
+        {
+            "rule": "!has(self.dSae) || !has(self.actFn) || !(self.actFn in ['topk', 'batchtopk', 'layertopk', "
+                    "'batchlayertopk']) || (has(self.topK) ? self.topK : 50) <= self.dSae",
+            "message": "topK must be <= dSae (TopK family)",
+        },
     ],
+    # The API server's own toleration rules (a Job breaking them is refused with 422).
+    "Toleration": [
+        {"rule": "(has(self.key) && size(self.key) > 0) || (has(self.operator) && self.operator == 'Exists')",
+         "message": "operator must be Exists when key is empty"},
+        {"rule": "!(has(self.operator) && self.operator == 'Exists' && has(self.value) && size(self.value) > 0)",
+         "message": "value must be empty when operator is Exists"},
+        {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+         "message": "tolerationSeconds needs effect NoExecute"},
+    ],
+    "SAETrainingRunSpec": [_PARALLELISM_RULE],
+    "ActivationCacheSpec": [_PARALLELISM_RULE],
 }
 
 # Identity fields: changing them would make the status and artifacts describe another run.

@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Any
 
+from saeops.operator import opmetrics
+
 Obj = dict[str, Any]
 
 PLURALS: dict[str, str] = {
@@ -19,6 +21,7 @@ PLURALS: dict[str, str] = {
     "Pod": "pods",
     "Event": "events",
     "Job": "jobs",
+    "NetworkPolicy": "networkpolicies",
     "SAETrainingRun": "saetrainingruns",
     "ActivationCache": "activationcaches",
     "SAESweep": "saesweeps",
@@ -60,11 +63,23 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server."""
+    """A non-2xx answer from the API server; `message` is the server's own (from its Status)."""
 
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:300]}")
         self.status = status
+        self.message = body[:2000]
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            self.message = doc["message"][:2000]
+        super().__init__(f"HTTP {status}: {self.message[:300]}")
+
+    @property
+    def permanent(self) -> bool:
+        """Retrying cannot fix it: a 4xx other than 409 (conflict) and 429 (too many requests)."""
+        return 400 <= self.status < 500 and self.status not in (409, 429)
 
 
 class Kube:
@@ -90,9 +105,13 @@ class Kube:
                 auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self._timeout,
             )
         except self._exc as e:
-            if e.status == 404:
-                return None
+            if e.status == 404 and method in ("GET", "DELETE"):
+                return None  # absent, or already gone
+            opmetrics.API_ERRORS.labels(_resource(path), method, str(e.status or 0)).inc()
             raise ApiError(e.status or 0, str(e.body)) from None
+        except Exception:
+            opmetrics.API_ERRORS.labels(_resource(path), method, "unreachable").inc()
+            raise
         data = resp.data
         return json.loads(data) if data else {}
 
@@ -112,18 +131,34 @@ class Kube:
         return [o for o in (out or {}).get("items") or [] if matches(o, labels)]
 
     async def create(self, path: str, body: Obj) -> Obj | None:
-        """POST an object; an existing one (409) is not an error: reconciles are idempotent."""
-        try:
-            return await self.request("POST", path, body)
-        except ApiError as e:
-            if e.status == 409:
-                return None
-            raise
+        """POST an object. A 409 is raised like any error: an object of that name exists, and
+        the caller must find out whose it is before treating it as its own."""
+        return await self.request("POST", path, body)
 
     async def patch(self, path: str, body: Obj) -> Obj | None:
         """JSON merge patch."""
         return await self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
-    async def delete(self, path: str) -> None:
-        """DELETE with background propagation (the GC removes pods after the Job)."""
-        await self.request("DELETE", path, {"propagationPolicy": "Background"})
+    async def delete(self, path: str, uid: str | None = None) -> None:
+        """DELETE with background propagation (the GC removes pods after the Job). With `uid`,
+        only that very object: a namesake created since it was read answers 409 and stays."""
+        body: Obj = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", path, body)
+        except ApiError as e:
+            if not (uid and e.status == 409):
+                raise
+
+
+def _resource(path: str) -> str:
+    """The resource (plural, with a subresource) a REST path names, for metric labels."""
+    parts = [p for p in path.split("/") if p]
+    if "namespaces" in parts[:-1]:
+        parts = parts[parts.index("namespaces") + 2:]
+    else:
+        parts = parts[2:] if parts and parts[0] == "api" else parts[3:]
+    if not parts:
+        return "unknown"
+    return parts[0] if len(parts) < 3 else f"{parts[0]}/{parts[2]}"

@@ -1,4 +1,10 @@
-"""Read what a reconcile needs from the cluster (and the run's pods and artifacts)."""
+"""Read what a reconcile needs from the cluster: the children, the Job's own pods, the
+referenced cache, and the rank-0 pod's /metrics.
+
+The operator reads no object storage (it has no business holding credentials for every
+tenant's bucket): final metrics and errors come from the pods' termination messages, the
+last checkpoint from /metrics (see outcome.py and progress.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 from saeops.api import names
 from saeops.operator import jobs
 from saeops.operator.kube import Kube, path_for
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.progress import parse_prometheus
 from saeops.operator.render import selector_labels
 from saeops.operator.state import Observed, ObservedSweep
@@ -37,77 +44,62 @@ async def scrape(pod: Obj, port: int) -> dict[str, float] | None:
         return None
 
 
-def _read_summary(uri: str) -> dict[str, Any] | None:
-    # Lazy and forgiving: the storage layer is optional for the operator (no torch, no boto3
-    # needed for file:// URIs) and any error just means "no final metrics yet".
-    try:
-        from saeops.runtime.storage import open_storage  # type: ignore[attr-defined]
-
-        doc = open_storage(uri).get_json("metrics.json")
-    except Exception as e:
-        log.debug("metrics.json at %s not readable: %s", uri, type(e).__name__)
-        return None
-    final = doc.get("final") if isinstance(doc, dict) else None
-    return final if isinstance(final, dict) else None
-
-
-def _read_checkpoint(uri: str) -> str | None:
-    """URI of the latest checkpoint the runtime recorded (`checkpoints/latest.json`), if any."""
-    try:
-        from saeops.runtime.storage import open_storage  # type: ignore[attr-defined]
-
-        storage = open_storage(uri).child("checkpoints")
-        key = storage.get_json("latest.json").get("key")
-    except Exception as e:
-        log.debug("no checkpoint pointer at %s: %s", uri, type(e).__name__)
-        return None
-    return storage.url(key) if isinstance(key, str) else None
-
-
 def _metrics_port(res: Obj) -> int:
     metrics = ((res.get("spec") or {}).get("metrics")) or {}
     port = metrics.get("port")
     return port if isinstance(port, int) and 0 < port < 65536 else 9400
 
 
-async def observe_run(kube: Kube, res: Obj) -> Observed:
-    """Children, pods, referenced cache, scraped metrics and summary of a run or cache."""
+def job_name_of(res: Obj) -> str:
+    """The Job to follow: the one the status records (it may predate a naming change), else the
+    deterministic name. Whether it is really this resource's is the reconcile's check."""
+    recorded = (res.get("status") or {}).get("jobName")
+    if isinstance(recorded, str) and len(recorded) <= names.MAX_JOB_NAME and names.DNS_LABEL_RE.match(recorded):
+        return recorded
+    return names.job_name(res["kind"], res["metadata"]["name"])
+
+
+async def _none() -> None:
+    return None
+
+
+async def observe_run(kube: Kube, res: Obj, policy: ClusterPolicy | None = None, **extra: Any) -> Observed:
+    """Children, the Job's pods, the referenced cache and the scraped metrics of a run or cache.
+    `extra` (foreign, rejection) is passed through to Observed."""
+    policy = policy or ClusterPolicy()
     meta = res["metadata"]
     ns, name, kind = meta.get("namespace"), meta["name"], res["kind"]
-    cm, svc, job = await asyncio.gather(
-        kube.get(path_for("v1", "ConfigMap", ns, names.configmap_name(name))),
-        kube.get(path_for("v1", "Service", ns, names.service_name(name))),
-        kube.get(path_for("batch/v1", "Job", ns, names.job_name(name))),
+    cm, svc, netpol, job = await asyncio.gather(
+        kube.get(path_for("v1", "ConfigMap", ns, names.configmap_name(kind, name))),
+        kube.get(path_for("v1", "Service", ns, names.service_name(kind, name))),
+        kube.get(path_for("networking.k8s.io/v1", "NetworkPolicy", ns, names.network_policy_name(kind, name)))
+        if policy.network_policy else _none(),
+        kube.get(path_for("batch/v1", "Job", ns, job_name_of(res))),
     )
     pods: list[Obj] = []
-    if job is not None:
-        pods = await kube.list(path_for("v1", "Pod", ns), selector_labels(kind, name))
+    job_uid = ((job or {}).get("metadata") or {}).get("uid")
+    if job is not None and names.owned_by(job, meta.get("uid")):
+        # Only the Job's own pods: a pod that merely wears the run's labels reports nothing.
+        listed = await kube.list(path_for("v1", "Pod", ns), selector_labels(kind, name))
+        pods = [p for p in listed if names.owned_by(p, job_uid)]
     cache = None
     ref = ((res.get("spec") or {}).get("activations") or {}).get("cacheRef")
     if kind == "SAETrainingRun" and isinstance(ref, str) and ref:
         cache = await kube.get(path_for(names.API, "ActivationCache", ns, ref))
     metrics = None
-    summary = None
-    checkpoint = None
-    status = res.get("status") or {}
-    terminal = status.get("phase") in ("Succeeded", "Failed")
-    if job is not None and not terminal:
+    terminal = (res.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    if pods and not terminal:
         rank0 = jobs.rank0_pod(tuple(pods))
         if rank0 is not None:
             metrics = await scrape(rank0, _metrics_port(res))
-        uri = ((res.get("spec") or {}).get("output") or {}).get("storageUri")
-        if kind == "SAETrainingRun" and isinstance(uri, str):
-            checkpoint = await asyncio.to_thread(_read_checkpoint, uri)
-            if jobs.job_succeeded(job):
-                summary = await asyncio.to_thread(_read_summary, uri)
-    return Observed(resource=res, job=job, pods=tuple(pods), configmap=cm, service=svc, cache=cache,
-                    metrics=metrics, summary=summary, checkpoint=checkpoint)
+    return Observed(resource=res, job=job, pods=tuple(pods), configmap=cm, service=svc, networkpolicy=netpol,
+                    cache=cache, metrics=metrics, **extra)
 
 
-async def observe_sweep(kube: Kube, res: Obj) -> ObservedSweep:
-    """A sweep and its trials (by label)."""
+async def observe_sweep(kube: Kube, res: Obj, **extra: Any) -> ObservedSweep:
+    """A sweep and its trials (by label; the reconcile keeps those the sweep owns)."""
     meta = res["metadata"]
     trials = await kube.list(
         path_for(names.API, "SAETrainingRun", meta.get("namespace")), {names.LABEL_SWEEP: meta["name"]}
     )
-    return ObservedSweep(resource=res, trials=tuple(trials))
+    return ObservedSweep(resource=res, trials=tuple(trials), **extra)

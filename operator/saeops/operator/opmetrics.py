@@ -12,6 +12,19 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RUNS = Gauge("saeops_operator_runs", "Resources by kind and phase.", ["kind", "phase"])
+API_ERRORS = Counter(
+    "saeops_operator_api_errors_total",
+    "Kubernetes API calls that failed, by resource, HTTP method and status code (or 'unreachable').",
+    ["resource", "method", "code"],
+)
+RETRIES = Counter(
+    "saeops_operator_retries_total",
+    "Reconciles retried with exponential backoff after a transient error, by kind.", ["kind"],
+)
+REJECTIONS = Counter(
+    "saeops_operator_rejections_total",
+    "Creates or patches the API server refused for good (the resource is then Failed), by kind.", ["kind"],
+)
 
 _phases: dict[tuple[str, str, str], str] = {}
 

@@ -1,4 +1,5 @@
-"""Progress and metrics for status, from the rank-0 pod's /metrics and from metrics.json."""
+"""Progress, metrics and the last checkpoint for status, from the rank-0 pod's /metrics and its
+termination message (see outcome.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+from saeops.api import layout
+from saeops.api.uris import URIError, parse_storage_uri
 from saeops.operator.conditions import rfc3339
 
 # Prometheus sample name -> status.metrics key. Only these reach the status, so a chatty
@@ -26,6 +29,8 @@ STATUS_METRICS = {
 FINAL_METRICS = ("l0", "explained_variance", "mse", "dead_fraction", "dense_fraction", "tokens", "seconds")
 TOKENS = "saeops_tokens_processed"
 TOKENS_TOTAL = "saeops_tokens_total"
+CHECKPOINT_STEP = "saeops_checkpoint_step"
+MAX_CACHE_METRICS = 8
 
 
 def fmt(value: Any) -> str | None:
@@ -64,14 +69,48 @@ def status_metrics(scraped: dict[str, float] | None) -> dict[str, str]:
     return out
 
 
-def final_metrics(summary: dict[str, Any] | None) -> dict[str, str]:
-    """status.metrics from metrics.json's `final` dict."""
+def final_metrics(final: dict[str, Any] | None) -> dict[str, str]:
+    """status.metrics from the `final` dict rank 0 reported when the run ended."""
     out: dict[str, str] = {}
     for key in FINAL_METRICS:
-        s = fmt((summary or {}).get(key))
+        s = fmt((final or {}).get(key))
         if s is not None:
             out[key] = s
     return out
+
+
+def cache_metrics(summary: dict[str, Any] | None) -> dict[str, str]:
+    """status.metrics from the `cache` summary of a finished ActivationCache (a few numbers)."""
+    out: dict[str, str] = {}
+    for key, value in sorted((summary or {}).items())[:MAX_CACHE_METRICS]:
+        s = fmt(value)
+        if s is not None:
+            out[key] = s
+    return out
+
+
+def checkpoint_uri(storage_uri: str, scraped: dict[str, float] | None) -> str | None:
+    """`<storageUri>/checkpoints/<step dir>` of the step in `saeops_checkpoint_step`, if any."""
+    step = (scraped or {}).get(CHECKPOINT_STEP)
+    if step is None or not math.isfinite(step) or step < 1 or step != int(step):
+        return None
+    try:
+        base = parse_storage_uri(storage_uri, allow_relative=False)
+        return str(base.child(f"{layout.CHECKPOINTS}/{layout.checkpoint_dir(int(step))}"))
+    except URIError:
+        return None
+
+
+def reported_checkpoint(storage_uri: str, reported: str | None) -> str | None:
+    """A checkpoint URI a pod reported, kept only when it lies under the run's own storage."""
+    if not reported:
+        return None
+    try:
+        base = parse_storage_uri(storage_uri, allow_relative=False)
+        uri = parse_storage_uri(reported, allow_relative=False)
+    except URIError:
+        return None
+    return str(uri) if uri.is_within(base) else None
 
 
 def progress(scraped: dict[str, float] | None, total_hint: int, now: datetime) -> dict[str, Any] | None:

@@ -1,11 +1,12 @@
-"""Pure renderers: a run or cache -> its ConfigMap, headless Service and Indexed Job.
+"""Pure renderers: a run or cache -> its ConfigMap, headless Service, NetworkPolicy and Indexed Job.
 
-Everything here is a function of the resource (and, for a run with `cacheRef`, the cache it
-reads), so `saeops render FILE` shows exactly what the operator will create.
+Everything here is a function of the resource, the cluster policy (and, for a run with
+`cacheRef`, the cache it reads), so `saeops render FILE` shows what the operator will create.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -15,9 +16,12 @@ from saeops.api import (
     OutputSpec,
     SAESweep,
     SAETrainingRun,
+    SpecError,
+    layout,
     names,
     parse_resource,
 )
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.sweep import plan_trials
 
 SPEC_DIR = "/etc/saeops"
@@ -25,9 +29,21 @@ SPEC_FILE = "spec.json"
 RENDEZVOUS_PORT = 29500
 CONTAINER = "runtime"
 RUN_AS = 1000
+SCRATCH = "/tmp"
+# The root file system is read-only: everything the runtime, torch, Triton and the Hugging Face
+# libraries write goes to the /tmp emptyDir (the image's HOME and HF_HOME are not writable).
+SCRATCH_ENV = {
+    "HOME": SCRATCH,
+    "XDG_CACHE_HOME": f"{SCRATCH}/.cache",
+    "HF_HOME": f"{SCRATCH}/.cache/huggingface",
+    "TORCH_EXTENSIONS_DIR": f"{SCRATCH}/.cache/torch_extensions",
+    "TRITON_CACHE_DIR": f"{SCRATCH}/.cache/triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{SCRATCH}/.cache/torchinductor",
+    "MPLCONFIGDIR": f"{SCRATCH}/.cache/matplotlib",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
 Obj = dict[str, Any]
-
 
 
 def child_labels(kind: str, name: str) -> dict[str, str]:
@@ -80,9 +96,8 @@ def runtime_document(resource: Obj, cache: Obj | None = None) -> Obj:
             acts["cacheUri"] = uri
             spec["activations"] = acts
     meta = resource["metadata"]
-    doc_meta = {"name": meta["name"]}
-    if meta.get("namespace"):
-        doc_meta["namespace"] = meta["namespace"]
+    # Name, namespace and uid identify the resource to the runtime (it fingerprints runs with them).
+    doc_meta = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
     return {"apiVersion": names.API, "kind": resource["kind"], "metadata": doc_meta, "spec": spec}
 
 
@@ -92,7 +107,7 @@ def render_configmap(resource: Obj, cache: Obj | None = None) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(resource, names.configmap_name(resource["metadata"]["name"])),
+        "metadata": _meta(resource, names.configmap_name(resource["kind"], resource["metadata"]["name"])),
         "data": {SPEC_FILE: json.dumps(doc, indent=2, sort_keys=True)},
     }
 
@@ -106,13 +121,35 @@ def render_service(resource: Obj, metrics_port: int | None) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(resource, names.service_name(name)),
+        "metadata": _meta(resource, names.service_name(resource["kind"], name)),
         "spec": {
             "clusterIP": "None",
             "selector": selector_labels(resource["kind"], name),
             # Rank 0 must resolve before it is Ready: it becomes ready only after rendezvous.
             "publishNotReadyAddresses": True,
             "ports": ports,
+        },
+    }
+
+
+def render_network_policy(resource: Obj, metrics_port: int, policy: ClusterPolicy) -> Obj:
+    """Ingress to the run's pods: anything from pods of the same run (torchrun's rendezvous store
+    and the collectives' data connections, whose ports are chosen at run time), and the metrics
+    port from the policy's peers (the operator, Prometheus). Egress is left open: pods reach
+    object storage and model hubs the cluster admin knows better than we do."""
+    kind, name = resource["kind"], resource["metadata"]["name"]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(resource, names.network_policy_name(kind, name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(kind, name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": selector_labels(kind, name)}}]},
+                {"from": [copy.deepcopy(peer) for peer in policy.metrics_from],
+                 "ports": [{"port": metrics_port, "protocol": "TCP"}]},
+            ],
         },
     }
 
@@ -153,6 +190,7 @@ def _restricted_container_context() -> Obj:
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
+        "readOnlyRootFilesystem": True,
     }
 
 
@@ -178,8 +216,8 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
     kind = resource["kind"]
     spec = model.spec
     res = spec.resources
-    job = names.job_name(name)
-    svc = names.service_name(name)
+    job = names.job_name(kind, name)
+    svc = names.service_name(kind, name)
     metrics_port = metrics_port_of(model)
     labels = child_labels(kind, name)
     if spec.queue_name:
@@ -196,10 +234,12 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         {"name": "SAEOPS_RUN_NAME", "value": name},
         {"name": "SAEOPS_KIND", "value": kind},
         {"name": "SAEOPS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # The runtime binds its metrics and rendezvous sockets to the pod's own address.
+        {"name": "SAEOPS_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "SAEOPS_SPEC", "value": f"{SPEC_DIR}/{SPEC_FILE}"},
         {"name": "SAEOPS_METRICS_PORT", "value": str(metrics_port)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "HOME", "value": "/tmp"},
+        *({"name": k, "value": v} for k, v in SCRATCH_ENV.items()),
         *_s3_env(spec.output),
     ]
     container: Obj = {
@@ -215,8 +255,12 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": SCRATCH},
         ],
+        # Rank 0 writes the outcome (final metrics, or the one-line error) here; a container
+        # that dies before writing it leaves the tail of its log instead.
+        "terminationMessagePath": layout.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _restricted_container_context(),
     }
     rpn = res.resources_per_node
@@ -225,6 +269,8 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
     pod_spec: Obj = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job replaces pods
         "subdomain": svc,
+        # Training pods never call the Kubernetes API: no token to steal.
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -234,7 +280,7 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         },
         "containers": [container],
         "volumes": [
-            {"name": "spec", "configMap": {"name": names.configmap_name(name)}},
+            {"name": "spec", "configMap": {"name": names.configmap_name(kind, name)}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
             {"name": "tmp", "emptyDir": {}},
         ],
@@ -277,7 +323,7 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         # Kueue admits a queued Job by unsuspending it.
         job_spec["suspend"] = True
     meta = _meta(resource, job)
-    meta["labels"] = labels
+    meta["labels"] = dict(labels)  # a copy: `saeops render` prints no YAML anchors
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
@@ -289,13 +335,17 @@ def metrics_port_of(model: SAETrainingRun | ActivationCache) -> int:
     return 9400
 
 
-def render_children(resource: Obj, model: SAETrainingRun | ActivationCache, cache: Obj | None = None) -> list[Obj]:
-    """ConfigMap, Service and Job of a run or cache, in creation order."""
-    return [
-        render_configmap(resource, cache),
-        render_service(resource, metrics_port_of(model)),
-        render_job(resource, model),
-    ]
+def render_children(resource: Obj, model: SAETrainingRun | ActivationCache, cache: Obj | None = None,
+                    policy: ClusterPolicy | None = None) -> list[Obj]:
+    """ConfigMap, Service, NetworkPolicy (when the policy asks for one) and Job, in creation
+    order: the pods never exist without their fence."""
+    policy = policy or ClusterPolicy()
+    port = metrics_port_of(model)
+    out = [render_configmap(resource, cache), render_service(resource, port)]
+    if policy.network_policy:
+        out.append(render_network_policy(resource, port, policy))
+    out.append(render_job(resource, model))
+    return out
 
 
 def _as_dict(resource: AnyResource | Obj) -> Obj:
@@ -306,16 +356,21 @@ def _as_dict(resource: AnyResource | Obj) -> Obj:
     return doc
 
 
-def render_manifest(resource: AnyResource | Obj) -> list[Obj]:
+def render_manifest(resource: AnyResource | Obj, policy: ClusterPolicy | None = None) -> list[Obj]:
     """What the operator would create for a manifest (`saeops render FILE`).
 
-    Runs and caches give ConfigMap, Service and Job; a sweep gives its first trials
-    (as many as parallelTrials allows) as SAETrainingRuns.
+    Runs and caches give ConfigMap, Service, NetworkPolicy and Job; a sweep gives its first
+    trials (as many as parallelTrials allows) as SAETrainingRuns. A manifest the operator would
+    fail (a relative storageUri, storage or an image the policy forbids) raises SpecError.
     """
+    policy = policy or ClusterPolicy()
     doc = _as_dict(resource)
     model = resource if not isinstance(resource, dict) else parse_resource(doc)
     doc.setdefault("metadata", {}).setdefault("namespace", "default")
     doc["metadata"].setdefault("uid", "")
+    problem = policy.check(model, doc["metadata"]["namespace"])
+    if problem is not None:
+        raise SpecError(problem.message)
     if isinstance(model, SAESweep):
         return plan_trials(doc, model)
-    return render_children(doc, model)
+    return render_children(doc, model, policy=policy)

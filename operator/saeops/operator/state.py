@@ -19,22 +19,36 @@ class Event:
 
 @dataclass(frozen=True)
 class ChildRef:
-    """A child to delete: apiVersion/kind/name (namespace is the owner's)."""
+    """A child to delete: apiVersion/kind/name (namespace is the owner's) and the uid observed,
+    so the delete is conditional on it still being that object (a precondition)."""
 
     api_version: str
     kind: str
     name: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The API server refused a create or patch for good (a 4xx other than 409/429)."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
 
 
 @dataclass(frozen=True)
 class Observed:
     """Everything a run/cache reconcile reads, as the API server returned it.
 
-    `configmap`, `service`, `job`: the children if they exist. `pods`: the job's pods.
-    `cache`: the ActivationCache named by `spec.activations.cacheRef` (None when absent or
-    not referenced). `metrics`: samples scraped from the rank-0 pod's /metrics, by metric
-    name (None when unreachable). `summary`: the `final` dict of the run's metrics.json.
-    `checkpoint`: URI of the run's latest checkpoint (from `checkpoints/latest.json`).
+    `configmap`, `service`, `networkpolicy`, `job`: whatever holds a child's name, owned or
+    not (the reconcile checks ownerReferences). `pods`: the pods of that Job (their statuses
+    carry the termination messages). `cache`: the ActivationCache named by
+    `spec.activations.cacheRef` (None when absent or not referenced). `metrics`: samples
+    scraped from the rank-0 pod's /metrics, by metric name (None when unreachable).
+    `foreign`: objects found under a child's name when a create answered 409.
+    `rejection`: the API server refused a child or the status for good.
     """
 
     resource: Obj
@@ -42,10 +56,11 @@ class Observed:
     pods: tuple[Obj, ...] = ()
     configmap: Obj | None = None
     service: Obj | None = None
+    networkpolicy: Obj | None = None
     cache: Obj | None = None
     metrics: dict[str, float] | None = None
-    summary: dict[str, Any] | None = None
-    checkpoint: str | None = None
+    foreign: tuple[Obj, ...] = ()
+    rejection: Rejection | None = None
 
 
 @dataclass
@@ -61,13 +76,16 @@ class Desired:
 
     @property
     def changes_nothing(self) -> bool:
-        """True when applying this does not touch the cluster."""
+        """True when applying this does not touch the cluster (the handler then skips the writes)."""
         return not (self.create or self.delete or self.status is not None or self.events or self.delete_self)
 
 
 @dataclass(frozen=True)
 class ObservedSweep:
-    """A sweep and its trials (SAETrainingRuns labelled `saeops.io/sweep=<name>`)."""
+    """A sweep and its trials (SAETrainingRuns labelled `saeops.io/sweep=<name>`; the reconcile
+    counts only those the sweep owns), plus `foreign`/`rejection` as for runs."""
 
     resource: Obj
     trials: tuple[Obj, ...] = ()
+    foreign: tuple[Obj, ...] = ()
+    rejection: Rejection | None = None

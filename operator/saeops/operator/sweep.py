@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from saeops.api import SAESweep, SpecError, format_validation_error, names, pareto, search
 from saeops.api.trials import planned_trials, render_trial
-from saeops.operator.conditions import SWEEP_CONDITIONS, Conditions, rfc3339
+from saeops.operator.conditions import SPEC_FAILURES, SWEEP_CONDITIONS, Conditions, rfc3339
+from saeops.operator.policy import ClusterPolicy
 from saeops.operator.state import Desired, Event, ObservedSweep
 
 Obj = dict[str, Any]
@@ -67,8 +68,14 @@ def _summary(trial: Obj, keys: tuple[str | None, ...]) -> Obj:
     }
 
 
-def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
-    """Reconcile a sweep: create trials, count them, pick the best, update the Pareto front."""
+def reconcile_sweep(observed: ObservedSweep, now: datetime, policy: ClusterPolicy | None = None) -> Desired:
+    """Reconcile a sweep: create trials, count them, pick the best, update the Pareto front.
+
+    Trials are the runs carrying the sweep's label *and* owned by it; a same-named run the
+    sweep does not own (reported in `observed.foreign` after a create answered 409) fails the
+    sweep with NameConflict, and a trial the API server refused fails it with the server's word.
+    """
+    policy = policy or ClusterPolicy()
     res = observed.resource
     meta = _dict(res.get("metadata"))
     gen = meta.get("generation") if isinstance(meta.get("generation"), int) else None
@@ -98,6 +105,24 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
 
     if meta.get("deletionTimestamp"):
         return Desired()
+    failed = conds.get("Failed") or {}
+    if failed.get("status") == "True" and failed.get("reason") in SPEC_FAILURES:
+        if failed.get("observedGeneration") == gen:
+            return finish()  # as written it cannot run; a new generation tries again
+        conds.set("Failed", "False", "SpecChanged", f"spec changed (generation {gen}); trying again")
+        st.pop("completionTime", None)
+    foreign = [o for o in observed.foreign if not names.owned_by(o, meta.get("uid"))]
+    if foreign:
+        listed = ", ".join(f"SAETrainingRun {_dict(o.get('metadata')).get('name')}" for o in foreign)
+        set_terminal("Failed", "NameConflict", f"{listed} exists and is not owned by SAESweep {meta.get('name')}; "
+                                               "the operator leaves it alone: rename this sweep or delete that run")
+        return finish()
+    if observed.rejection is not None:
+        rej = observed.rejection
+        reason = "InvalidSpec" if rej.code in (400, 422) else "Rejected"
+        set_terminal("Failed", reason, f"the API server refused {rej.kind} {rej.name} (HTTP {rej.code}): "
+                                       + " ".join(rej.message.split()))
+        return finish()
     try:
         model = SAESweep.model_validate(
             {**{k: res.get(k) for k in ("apiVersion", "kind", "spec")},
@@ -106,6 +131,10 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
         missing = search.grid_missing_steps(model.spec)
         if missing:
             raise SpecError(f"spec.parameters: {', '.join(missing)}: uniform/logUniform ranges need steps in grid search")
+        problem = policy.check(model, meta.get("namespace") or "default")
+        if problem is not None:
+            set_terminal("Failed", problem.reason, problem.message)
+            return finish()
     except ValidationError as e:
         set_terminal("Failed", "InvalidSpec", format_validation_error(e, SAESweep))
         st["phase"] = "Failed"
@@ -116,7 +145,9 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime) -> Desired:
 
     spec = model.spec
     sweep_name = meta["name"]
-    mine = [t for t in observed.trials if _dict(_dict(t.get("metadata")).get("labels")).get(names.LABEL_SWEEP) == sweep_name]
+    mine = [t for t in observed.trials
+            if _dict(_dict(t.get("metadata")).get("labels")).get(names.LABEL_SWEEP) == sweep_name
+            and names.owned_by(t, meta.get("uid"))]
     by_name = {_dict(t.get("metadata")).get("name"): t for t in mine}
     phases = [_trial_phase(t) for t in mine]
     succeeded = [t for t, p in zip(mine, phases, strict=True) if p == "Succeeded"]

@@ -3,14 +3,98 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from saeops.api.base import SpecModel
+from saeops.api import k8s
+from saeops.api.base import MAX_SECONDS, Seed, SpecModel
+from saeops.api.k8s import (
+    DNSLabel,
+    DNSSubdomain,
+    Image,
+    LabelKey,
+    LabelValue,
+    Quantity,
+    QueueName,
+    ResourceName,
+)
+from saeops.api.uris import (
+    ENDPOINT_URL_PATTERN,
+    STORAGE_URI_PATTERN,
+    URIError,
+    check_endpoint_url,
+    parse_storage_uri,
+)
 
 TorchDtype = Literal["float32", "float16", "bfloat16"]
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _storage_uri(value: str) -> str:
+    try:
+        parse_storage_uri(value)
+    except URIError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+def _endpoint(value: str) -> str:
+    try:
+        return check_endpoint_url(value)
+    except URIError as e:
+        raise ValueError(str(e)) from None
+
+
+READ_PREFIXES = ("package:", "builtin:")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+HUB_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+HUB_REPO_ID = re.compile(rf"^(?:{HUB_REPO_PART}/)?{HUB_REPO_PART}$")
+"""A Hugging Face Hub repo id: `ORG/NAME` (or a legacy bare `NAME`); `--` and `..` never occur."""
+
+
+def _hub_location(value: str) -> str:
+    repo = value.removeprefix("hf://").strip("/")
+    for kind in ("datasets/", "models/"):
+        repo = repo.removeprefix(kind)
+    if not HUB_REPO_ID.match(repo) or "--" in repo or ".." in repo:
+        raise ValueError(f"{value[:64]!r}: not a hub repo id; write hf://ORG/NAME (datasets: hf://datasets/ORG/NAME)")
+    return value
+
+
+def _read_location(value: str) -> str:
+    """Model, tokenizer and dataset locations: a local path (the image or a volume),
+    `package:NAME`, `builtin:NAME`, a hub repo `hf://ORG/NAME` or an `s3://bucket/prefix`;
+    anything else that looks like a URI is refused here rather than failing later."""
+    if value.startswith(READ_PREFIXES):
+        return value
+    if value.startswith("hf://"):
+        return _hub_location(value)
+    if value.startswith("s3://"):
+        try:
+            uri = parse_storage_uri(value)
+        except URIError as e:
+            raise ValueError(str(e)) from None
+        if not uri.path:
+            raise ValueError(f"{value[:64]!r}: names a whole bucket; write s3://bucket/prefix")
+        return value
+    if value.startswith("~"):
+        raise ValueError(f"{value[:64]!r}: '~' is not expanded; write the absolute path")
+    scheme = _SCHEME.match(value)
+    if scheme:
+        raise ValueError(f"{value[:64]!r}: {scheme.group()} locations are not read; use a local path, "
+                         "hf://ORG/NAME, s3://bucket/prefix, package:NAME or builtin:NAME")
+    if _CONTROL.search(value):
+        raise ValueError(f"{value[:64]!r}: control characters are not allowed in a path")
+    return value
+
+
+StorageLocation = Annotated[str, AfterValidator(_storage_uri), Field(json_schema_extra={"pattern": STORAGE_URI_PATTERN})]
+"""A storage URI that `saeops.api.uris.parse_storage_uri` accepts."""
+EndpointURL = Annotated[str, AfterValidator(_endpoint), Field(json_schema_extra={"pattern": ENDPOINT_URL_PATTERN})]
+ReadLocation = Annotated[str, AfterValidator(_read_location)]
 
 
 class NativeModelSpec(SpecModel):
@@ -32,7 +116,7 @@ class NativeModelSpec(SpecModel):
     """Maximum context length."""
     act_fn: Literal["gelu", "relu", "silu", "gelu_new"] = "gelu"
     """MLP activation function."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the random weights."""
 
 
@@ -54,7 +138,7 @@ class ModelSpec(SpecModel):
     backend: Literal["transformer-lens", "huggingface"] = "transformer-lens"
     """`transformer-lens` wraps the model in a TransformerBridge (TransformerLens hook names);
     `huggingface` runs plain `transformers` with forward hooks on module names."""
-    path: str | None = Field(None, max_length=4096)
+    path: ReadLocation | None = Field(None, max_length=4096)
     """Where the weights are: a Hugging Face Hub id (`hf://ORG/NAME`, or a bare `ORG/NAME` that
     is not a local directory), an `s3://bucket/prefix` holding a saved model directory, a local
     directory (e.g. a mounted volume), or `package:NAME` for a pip package that ships them (e.g.
@@ -62,7 +146,7 @@ class ModelSpec(SpecModel):
     `cacheDir`; `HF_ENDPOINT` (a mirror) and `HF_HUB_OFFLINE=1` (cache only) are honoured."""
     native: NativeModelSpec | None = None
     """Build a random TransformerLens model instead of loading weights (tests and smoke runs)."""
-    tokenizer: str | None = Field(None, max_length=4096)
+    tokenizer: ReadLocation | None = Field(None, max_length=4096)
     """Tokenizer location (same forms as `path`); defaults to `path`. `bytes` is a built-in
     byte-level tokenizer that needs no files."""
     revision: str | None = Field(None, max_length=255)
@@ -94,7 +178,7 @@ class ModelSpec(SpecModel):
 class DatasetSpec(SpecModel):
     """Text (or token ids) the activations are computed on."""
 
-    path: str = Field(..., min_length=1, max_length=4096)
+    path: ReadLocation = Field(..., min_length=1, max_length=4096)
     """A json/jsonl/text/parquet/arrow file or directory, a directory saved with
     `datasets.save_to_disk`, a Hugging Face Hub dataset (`hf://datasets/ORG/NAME`,
     `hf://ORG/NAME`, or a bare `ORG/NAME` that is not a local path; streamed), an
@@ -123,7 +207,7 @@ class DatasetSpec(SpecModel):
     """Tokens per context window (documents are packed and cut to this length)."""
     prepend_bos: bool = True
     """Start each context window with the tokenizer's BOS/CLS token."""
-    max_documents: int | None = Field(None, ge=1)
+    max_documents: int | None = Field(None, ge=1, le=1 << 40)
     """Read at most this many documents (None: all)."""
 
 
@@ -131,88 +215,137 @@ class SecretRef(SpecModel):
     """A Kubernetes Secret holding S3 credentials (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     optionally AWS_SESSION_TOKEN). Only its name travels; the values never leave the Secret."""
 
-    name: str = Field(..., min_length=1, max_length=253)
+    name: DNSSubdomain
     """Name of the Secret in the resource's namespace."""
 
 
 class OutputSpec(SpecModel):
     """Where artifacts, checkpoints and caches are written."""
 
-    storage_uri: str = Field(..., min_length=1, max_length=4096)
-    """`file:///abs/dir`, a local path, or `s3://bucket/prefix`."""
+    storage_uri: StorageLocation = Field(..., min_length=1, max_length=4096)
+    """`s3://bucket/prefix`, `file:///abs/dir`, or a local path (absolute in a cluster; relative
+    only for `saeops run`). No `~`, `..`, `.` or empty segments."""
     secret_ref: SecretRef | None = None
     """Secret with S3 credentials, injected as environment variables (never copied)."""
-    endpoint_url: str | None = Field(None, max_length=2048)
-    """S3 endpoint for MinIO and other S3-compatible stores."""
-    region: str | None = Field(None, max_length=64)
+    endpoint_url: EndpointURL | None = Field(None, max_length=2048)
+    """S3 endpoint (an http:// or https:// URL) for MinIO and other S3-compatible stores."""
+    region: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     """S3 region."""
     force_path_style: bool = False
     """Use path-style S3 addressing (MinIO and the like)."""
-
-    @field_validator("storage_uri")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if "://" in v and not v.startswith(("file://", "s3://")):
-            raise ValueError(f"unsupported scheme in {v!r}: use file:// or s3://")
-        return v
 
 
 class Toleration(SpecModel):
     """A Kubernetes toleration."""
 
-    key: str | None = Field(None, max_length=316)
-    """Taint key."""
+    key: LabelKey | None = None
+    """Taint key (a qualified name); leave it out with operator Exists to tolerate every taint."""
     operator: Literal["Exists", "Equal"] | None = None
-    """Match operator."""
-    value: str | None = Field(None, max_length=63)
-    """Taint value."""
+    """Match operator (default Equal)."""
+    value: LabelValue | None = None
+    """Taint value (a label value; empty with operator Exists)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect."""
-    toleration_seconds: int | None = None
-    """How long a NoExecute taint is tolerated."""
+    toleration_seconds: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    """How long a NoExecute taint is tolerated (effect NoExecute only)."""
+
+    @model_validator(mode="after")
+    def _k8s(self) -> Toleration:
+        # The API server's rules (ValidateTolerations): a Job with these is refused with 422.
+        if not self.key and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty (which tolerates every taint)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect: NoExecute")
+        return self
 
 
 class ResourceRequirements(SpecModel):
     """Compute resources of one node's pod."""
 
-    requests: dict[str, str] = Field(default_factory=dict, max_length=16)
-    """Resource requests, e.g. {cpu: "8", memory: 64Gi, nvidia.com/gpu: "1"}."""
-    limits: dict[str, str] = Field(default_factory=dict, max_length=16)
-    """Resource limits."""
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=16)
+    """Resource requests, e.g. {cpu: "8", memory: 64Gi, nvidia.com/gpu: "1"} (Kubernetes quantities)."""
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=16)
+    """Resource limits (Kubernetes quantities)."""
+
+    @model_validator(mode="after")
+    def _k8s(self) -> ResourceRequirements:
+        # The API server's rules for container resources: a Job breaking them is refused with 422.
+        for name in sorted({*self.requests, *self.limits}):
+            req, lim = self.requests.get(name), self.limits.get(name)
+            rq = k8s.parse_quantity(req) if req is not None else None
+            lq = k8s.parse_quantity(lim) if lim is not None else None
+            if rq is not None and lq is not None and rq > lq:
+                raise ValueError(f"requests.{name}={req} is more than limits.{name}={lim}")
+            if k8s.is_extended_resource(name) or name.startswith("hugepages-"):
+                for which, q, v in (("requests", rq, req), ("limits", lq, lim)):
+                    if q is not None and name.find("/") >= 0 and q != q.to_integral_value():
+                        raise ValueError(f"{which}.{name}={v}: an extended resource must be a whole number")
+                if rq is not None and lq is None:
+                    raise ValueError(f"requests.{name} needs limits.{name} (it cannot be overcommitted)")
+                if rq is not None and lq is not None and rq != lq:
+                    raise ValueError(f"requests.{name}={req} must equal limits.{name}={lim} "
+                                     "(it cannot be overcommitted)")
+        return self
 
 
 class ResourcesSpec(SpecModel):
-    """How the job's pods are scheduled (used by the operator; ignored by `saeops run`)."""
+    """How the job's pods are scheduled (used by the operator). `saeops run` uses only the process
+    count, numNodes x numProcPerNode, which sets parallelism.data when that is left out."""
 
-    image: str = Field("ghcr.io/saeops/saeops:0.1.0", min_length=1, max_length=1024)
+    image: Image = Field("ghcr.io/saeops/saeops:0.1.0", min_length=1)
     """Runtime container image."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy."""
     num_nodes: int = Field(1, ge=1, le=1024)
-    """Pods (torchrun nodes) in the job."""
+    """Pods (torchrun nodes) in the job. Without `parallelism`, training is data parallel over all
+    numNodes x numProcPerNode processes (also under `saeops run`, which starts them here)."""
     num_proc_per_node: int = Field(1, ge=1, le=64)
     """Worker processes per pod (usually GPUs per node)."""
     resources_per_node: ResourceRequirements = Field(default_factory=ResourceRequirements)
     """Requests and limits of each pod."""
-    node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
-    """Node selector of the pods."""
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    """Node selector of the pods (label keys and values)."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations of the pods."""
-    priority_class_name: str | None = Field(None, max_length=253)
+    priority_class_name: DNSSubdomain | None = None
     """PriorityClass of the pods."""
-    service_account_name: str | None = Field(None, max_length=253)
+    service_account_name: DNSSubdomain | None = None
     """ServiceAccount the pods run as."""
-    shm_size: str = Field("2Gi", max_length=32)
-    """Size of the /dev/shm memory volume (data loaders, NCCL)."""
+    shm_size: Quantity = "2Gi"
+    """Size of the /dev/shm memory volume (data loaders, NCCL), a Kubernetes quantity."""
 
 
 class ParallelismSpec(SpecModel):
-    """How training is split across processes. data x tensor must equal the process count."""
+    """How training is split across processes. data x tensor must equal the process count,
+    resources.numNodes x resources.numProcPerNode."""
 
     data: int = Field(1, ge=1, le=4096)
-    """Data-parallel degree: each group reads a disjoint part of the activations."""
+    """Data-parallel degree: each group reads a disjoint part of the activations. Default:
+    numNodes x numProcPerNode / tensor."""
     tensor: int = Field(1, ge=1, le=512)
     """Dictionary-parallel degree: d_sae is sharded across this many ranks."""
+
+
+def resolve_parallelism(par: ParallelismSpec, resources: ResourcesSpec) -> ParallelismSpec:
+    """`par` with `data` defaulted to numNodes x numProcPerNode / tensor, checked against the
+    process count torchrun will start (the pods fail at start otherwise)."""
+    procs = resources.num_nodes * resources.num_proc_per_node
+    where = (f"resources.numNodes x resources.numProcPerNode = {resources.num_nodes} x "
+             f"{resources.num_proc_per_node} = {procs} processes")
+    if "data" not in par.model_fields_set:
+        if procs % par.tensor:
+            raise ValueError(f"parallelism.tensor={par.tensor} does not divide {where}; "
+                             "make numNodes x numProcPerNode a multiple of tensor")
+        return ParallelismSpec(data=procs // par.tensor, tensor=par.tensor)
+    if par.data * par.tensor != procs:
+        raise ValueError(
+            f"parallelism.data x parallelism.tensor = {par.data} x {par.tensor} = {par.data * par.tensor} "
+            f"processes, but {where}; set parallelism.data to numNodes x numProcPerNode / tensor or "
+            "leave it out (that is its default)"
+        )
+    return par
 
 
 class FailurePolicy(SpecModel):
@@ -241,33 +374,49 @@ class SchedulingFields(SpecModel):
     """Image, node count, processes per node and scheduling constraints."""
     suspend: bool = False
     """Suspend the job: pods are deleted, status is kept, and it resumes from its checkpoint."""
-    active_deadline_seconds: int | None = Field(None, ge=1)
+    active_deadline_seconds: int | None = Field(None, ge=1, le=MAX_SECONDS)
     """Fail the run when it has been active longer than this."""
-    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, le=MAX_SECONDS)
     """Delete the resource this long after it finished (None: keep)."""
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
     """Restart budget."""
-    queue_name: str | None = Field(None, max_length=63)
-    """Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label."""
+    queue_name: QueueName | None = None
+    """Kueue LocalQueue (a name that is also a label value); sets the `kueue.x-k8s.io/queue-name`
+    label."""
 
 
 class Metadata(SpecModel):
-    """Object metadata (the subset saeops reads; other Kubernetes fields are kept)."""
+    """Object metadata: the fields Kubernetes defines (ObjectMeta) and no others."""
 
-    model_config = SpecModel.model_config | {"extra": "allow"}
-
-    name: str = Field(..., min_length=1, max_length=63)
-    """Resource name: a DNS label (lower case, digits, '-')."""
-    namespace: str | None = Field(None, max_length=63)
+    name: DNSLabel
+    """Resource name: a DNS label (lower case letters, digits, '-'; at most 63), since it names
+    the pods' host names."""
+    namespace: DNSLabel | None = None
     """Namespace."""
-    labels: dict[str, str] = Field(default_factory=dict)
-    """Labels."""
-    annotations: dict[str, str] = Field(default_factory=dict)
-    """Annotations."""
-
-    @field_validator("name")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        if not DNS_LABEL.match(v):
-            raise ValueError(f"{v!r} is not a DNS label: use lower case letters, digits and '-'")
-        return v
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=256)
+    """Labels (qualified-name keys, label values)."""
+    annotations: Annotated[dict[LabelKey, str], AfterValidator(k8s.check_annotations_size)] = Field(
+        default_factory=dict, max_length=4096)
+    """Annotations (qualified-name keys; 256 KiB in total)."""
+    generate_name: str | None = Field(None, max_length=253)
+    """Set by clients that let the server pick the name (saeops resources need a name)."""
+    uid: str | None = Field(None, max_length=128)
+    """Set by the API server."""
+    resource_version: str | None = Field(None, max_length=128)
+    """Set by the API server."""
+    generation: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Set by the API server."""
+    creation_timestamp: str | None = Field(None, max_length=64)
+    """Set by the API server."""
+    deletion_timestamp: str | None = Field(None, max_length=64)
+    """Set by the API server."""
+    deletion_grace_period_seconds: int | None = Field(None, ge=0, le=2**63 - 1)
+    """Set by the API server."""
+    self_link: str | None = Field(None, max_length=1024)
+    """Deprecated; set by old API servers."""
+    owner_references: list[dict[str, Any]] | None = Field(None, max_length=256)
+    """Owners (a sweep owns its trials)."""
+    finalizers: list[LabelKey] | None = Field(None, max_length=256)
+    """Finalizers (qualified names)."""
+    managed_fields: list[dict[str, Any]] | None = Field(None, max_length=1024)
+    """Server-side apply bookkeeping, set by the API server."""

@@ -1,18 +1,22 @@
-"""Load manifests (YAML, JSON, TOML), apply `--set` overrides, and turn errors into one line."""
+"""Load manifests (YAML, JSON, TOML), apply `--set` overrides, and turn errors into one line.
+
+Reading is bounded (`saeops.api.reader`: size, encoding, nesting, alias expansion, duplicate
+keys); every failure is a `SpecError` whose message is one line naming the file or the field.
+"""
 
 from __future__ import annotations
 
+import copy
 import difflib
-import json
-import tomllib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from saeops.api.resources import KINDS, AnyResource
+from saeops.api.reader import MAX_BYTES, MAX_DEPTH, DocumentError, decode, parse_text, parse_value
+from saeops.api.resources import KINDS, AnyResource, SAESweep, SAETrainingRunSpec, SweepParameter
 
 EXIT_BAD_INPUT = 2
 """Exit status of every command given bad input (after one `error:` line)."""
@@ -22,28 +26,32 @@ class SpecError(ValueError):
     """Bad input: one line naming the field or file and the fix."""
 
 
+_FORMATS = {".json": "json", ".toml": "toml"}
+# Control characters, and every other character str.splitlines() breaks at (\x85, U+2028, U+2029).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_MESSAGE = 2000
+
+
+def one_line(msg: str, limit: int = MAX_MESSAGE) -> str:
+    """`msg` as one printable line of bounded length (input can put newlines in field names)."""
+    flat = _CONTROL.sub(lambda m: repr(m.group())[1:-1], msg)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def read_document(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML, JSON or TOML manifest into a dict."""
+    """Parse a YAML, JSON or TOML manifest into a dict, within `saeops.api.reader`'s caps."""
     p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"{p}: no such file")
-    text = p.read_text(encoding="utf-8")
     try:
-        if p.suffix == ".toml":
-            doc = tomllib.loads(text)
-        elif p.suffix == ".json":
-            doc = json.loads(text)
-        else:
-            doc = yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        where = ""
-        mark = getattr(e, "problem_mark", None)
-        if mark is not None:
-            where = f" line {mark.line + 1} column {mark.column + 1}"
-        elif isinstance(e, json.JSONDecodeError):
-            where = f" line {e.lineno} column {e.colno}"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{p}:{where}: malformed {p.suffix.lstrip('.') or 'yaml'}: {problem}") from None
+        if not p.is_file():
+            raise SpecError(f"{p}: not a regular file" if p.exists() else f"{p}: no such file")
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never more, whatever the file claims to be
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read it ({e.strerror or e})") from None
+    try:
+        doc = parse_text(decode(data), _FORMATS.get(p.suffix.lower(), "yaml"))
+    except DocumentError as e:
+        raise SpecError(one_line(f"{p}: {e}")) from None
     if not isinstance(doc, dict):
         raise SpecError(f"{p}: expected a mapping with apiVersion, kind, metadata and spec")
     return doc
@@ -51,42 +59,64 @@ def read_document(path: str | Path) -> dict[str, Any]:
 
 def parse_scalar(text: str) -> Any:
     """A `--set` value: YAML scalar/flow syntax (16, 4e-4, true, [a, b], {k: v})."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    return parse_value(text)
 
 
 def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply `dotted.path=value` assignments using the manifest's own (camelCase) names."""
     for item in overrides:
         if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected dotted.path=value, e.g. spec.sae.topK=16")
+            raise SpecError(one_line(f"--set {item!r}: expected dotted.path=value, e.g. spec.sae.topK=16"))
         path, value = item.split("=", 1)
         set_path(doc, path.strip(), parse_scalar(value))
     return doc
 
 
 def set_path(doc: dict[str, Any], path: str, value: Any) -> None:
-    """Set `a.b.c` (list elements by integer index) in a nested dict, creating mappings."""
-    keys = [k for k in path.split(".") if k]
-    if not keys:
-        raise SpecError(f"--set {path!r}: empty path")
+    """Set `a.b.c` in a nested dict: mappings by key (missing ones are created), list elements
+    by an existing integer index. Anything else is a `SpecError` naming the path."""
+    keys = path.split(".")
+    if not path or any(not k for k in keys):
+        raise SpecError(one_line(f"--set {path!r}: empty path segment; write dotted.path=value"))
+    if len(keys) > MAX_DEPTH:
+        raise SpecError(one_line(f"--set {path[:80]!r}: more than {MAX_DEPTH} segments"))
     node: Any = doc
-    for i, key in enumerate(keys[:-1]):
+    for i, key in enumerate(keys):
+        here = ".".join(keys[: i + 1])
+        last = i == len(keys) - 1
         if isinstance(node, list):
-            node = node[int(key)]
+            if not re.fullmatch(r"[0-9]{1,6}", key):
+                raise SpecError(one_line(f"--set {here}: {'.'.join(keys[:i]) or 'the document'} is a list; "
+                                         "index it with a number"))
+            index = int(key)
+            if index >= len(node):
+                raise SpecError(one_line(f"--set {here}: index {index} is out of range (the list has "
+                                         f"{len(node)} items)"))
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
             continue
-        if not isinstance(node.get(key), dict | list):
-            if key in node and node[key] is not None:
-                raise SpecError(f"--set {'.'.join(keys[: i + 1])}: is not a mapping")
+        if not isinstance(node, dict):
+            raise SpecError(one_line(f"--set {here}: {'.'.join(keys[:i])} is a {_kind_of(node)}, not a mapping"))
+        if last:
+            node[key] = value
+        elif node.get(key) is None:
+            # Mappings are created from here on; a number would index a list that is not there
+            # (checked before anything is created, so a refused path changes nothing).
+            j = next((j for j in range(i + 1, len(keys)) if keys[j].isdigit()), None)
+            if j is not None:
+                at = ".".join(keys[:j])
+                raise SpecError(one_line(f"--set {'.'.join(keys[: j + 1])}: there is no list at {at} to index; "
+                                         f"set the whole list, e.g. {at}=[...]"))
             node[key] = {}
-        node = node[key]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            node = node[key]
+        else:
+            node = node[key]
+
+
+def _kind_of(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", str: "string"}.get(type(value), type(value).__name__)
 
 
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -115,45 +145,107 @@ def _inner_model(tp: Any) -> type[BaseModel] | None:
     return None
 
 
+_INTERNAL_LOC = {"int", "float", "str", "bool", "list", "dict", "none"}
+
+
+def _loc_part(part: Any) -> str | None:
+    """A location part as the user wrote it; None for pydantic's internal schema labels."""
+    if isinstance(part, int):
+        return str(part)
+    text = str(part)
+    if text in _INTERNAL_LOC or text.startswith(("function-", "tagged")) or ("[" in text and text != "[key]"):
+        return None
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_validation_error(err: ValidationError, root: type[BaseModel], source: str = "") -> str:
     """One line per problem, first problem first; field paths use manifest names."""
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged"))))
-        # Drop pydantic's union-branch labels such as 'int' or 'float' inside a location.
-        dotted = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in {"int", "float", "str"}))
+        parts = [p for p in (_loc_part(x) for x in e["loc"]) if p is not None]
+        is_key = parts[-1:] == ["[key]"]
+        parts = [p for p in parts if p != "[key]"]
+        dotted = ".".join(parts)
+        loc = tuple(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             owner = _model_at(root, loc)
             names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5) if loc else []
             msg = "unknown field" + (f"; did you mean {'.'.join([*dotted.split('.')[:-1], close[0]])}?" if close else "")
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and e["type"].endswith(("_type", "_parsing")):
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {_short_repr(e['input'])})"
+        if is_key:
+            msg = f"(key) {msg}"
         lines.append(f"{dotted or '(document)'}: {msg}")
     prefix = f"{source}: " if source else ""
     extra = f" (+{len(lines) - 1} more: {'; '.join(lines[1:3])})" if len(lines) > 1 else ""
-    return prefix + lines[0] + extra
+    return one_line(prefix + lines[0] + extra)
 
 
 def parse_resource(doc: Mapping[str, Any], source: str = "") -> AnyResource:
     """Validate a manifest dict into its kind's model."""
     prefix = f"{source}: " if source else ""
     api = doc.get("apiVersion")
-    if api != "saeops.io/v1alpha1":
-        raise SpecError(f"{prefix}apiVersion: expected saeops.io/v1alpha1, got {api!r}")
+    if not isinstance(api, str) or api != "saeops.io/v1alpha1":
+        raise SpecError(one_line(f"{prefix}apiVersion: expected saeops.io/v1alpha1, got {_short_repr(api)}"))
     kind = doc.get("kind")
-    cls = KINDS.get(kind)  # type: ignore[arg-type]
+    if not isinstance(kind, str):
+        raise SpecError(one_line(f"{prefix}kind: expected one of {', '.join(KINDS)}, got {_short_repr(kind)}"))
+    cls = KINDS.get(kind)
     if cls is None:
-        close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+        close = difflib.get_close_matches(kind[:64], list(KINDS), n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; expected one of {', '.join(KINDS)}"
-        raise SpecError(f"{prefix}kind: unknown kind {kind!r}{hint}")
+        raise SpecError(one_line(f"{prefix}kind: unknown kind {_short_repr(kind)}{hint}"))
     try:
-        return cls.model_validate(dict(doc))  # type: ignore[return-value]
+        res = cls.model_validate(dict(doc))
     except ValidationError as e:
         raise SpecError(format_validation_error(e, cls, source)) from None
+    if isinstance(res, SAESweep):
+        check_sweep_values(res, doc["spec"]["trialTemplate"], source)
+    return res  # type: ignore[return-value]
+
+
+MAX_SWEEP_CHECKS = 256
+"""Trial specs built to check a sweep's values (each parameter's values, evenly sampled)."""
+
+
+def _candidates(p: SweepParameter) -> list[Any]:
+    if p.categorical is not None:
+        return list(p.categorical)
+    rng = p.uniform or p.log_uniform
+    assert rng is not None  # the model guarantees exactly one domain
+    return [round(v) if p.integer else float(f"{v:.6g}") for v in (rng.min, rng.max)]
+
+
+def check_sweep_values(sweep: SAESweep, template: Mapping[str, Any], source: str = "") -> None:
+    """Every parameter value, set into the trial template alone, gives a valid SAETrainingRun spec
+    (the trials would fail one by one otherwise). At most `MAX_SWEEP_CHECKS` values are built,
+    spread evenly over each parameter's values, first and last included."""
+    prefix = f"{source}: " if source else ""
+    params = sweep.spec.parameters
+    share = max(2, MAX_SWEEP_CHECKS // len(params))
+    for i, p in enumerate(params):
+        values = _candidates(p)
+        if len(values) > share:
+            values = [values[round(j * (len(values) - 1) / (share - 1))] for j in range(share)]
+        for value in values:
+            spec = copy.deepcopy(dict(template))
+            where = f"{prefix}spec.parameters.{i} ({p.name}={_short_repr(value, 40)})"
+            try:
+                set_path(spec, p.name, value)
+                SAETrainingRunSpec.model_validate(spec)
+            except SpecError as e:
+                raise SpecError(one_line(f"{where}: {e}".replace("--set ", ""))) from None
+            except ValidationError as e:
+                raise SpecError(one_line(f"{where}: trial spec {format_validation_error(e, SAETrainingRunSpec)}")) from None
 
 
 def load_resource(path: str | Path, overrides: Iterable[str] = ()) -> AnyResource:

@@ -46,27 +46,47 @@ def dns_label(name: str, max_len: int = 63, suffix: str = "") -> str:
     return (clean[:keep].rstrip("-") or "x") + tag + suffix
 
 
-def dns1035_label(name: str, max_len: int = 63) -> str:
+def dns1035_label(name: str, max_len: int = 63, suffix: str = "") -> str:
     """A DNS-1035 label (must start with a letter): what Service names require."""
-    label = dns_label(name, max_len)
+    label = dns_label(name, max_len, suffix)
     if label[0].isalpha():
         return label
-    return dns_label("s-" + name, max_len)
+    # Always hashed once prefixed: `1a` must not take the name of a resource called `s-1a`.
+    tag = "-" + _digest(name + suffix)
+    clean = "s-" + (_INVALID.sub("-", name.lower()).strip("-") or "x")
+    return clean[: max_len - len(tag) - len(suffix)].rstrip("-") + tag + suffix
 
 
-def job_name(resource_name: str) -> str:
-    """Name of the Indexed Job of a run or cache."""
-    return dns_label(resource_name, MAX_JOB_NAME)
+# Children carry their owner's kind, so an ActivationCache and an SAETrainingRun of one name
+# never share a Job, ConfigMap or Service.
+CHILD_SUFFIX = {"SAETrainingRun": "-run", "ActivationCache": "-cache"}
 
 
-def service_name(resource_name: str) -> str:
-    """Name of the headless Service giving the job's pods stable DNS names."""
-    return dns1035_label(resource_name, MAX_JOB_NAME)
+def _suffix(kind: str) -> str:
+    try:
+        return CHILD_SUFFIX[kind]
+    except KeyError:
+        raise ValueError(f"{kind!r} has no Job: expected one of {', '.join(CHILD_SUFFIX)}") from None
 
 
-def configmap_name(resource_name: str) -> str:
-    """Name of the ConfigMap holding spec.json."""
-    return dns_label(resource_name, 63, suffix="-spec")
+def job_name(kind: str, resource_name: str) -> str:
+    """Name of the Indexed Job of a run (`NAME-run`) or cache (`NAME-cache`)."""
+    return dns_label(resource_name, MAX_JOB_NAME, _suffix(kind))
+
+
+def service_name(kind: str, resource_name: str) -> str:
+    """Name of the headless Service giving the job's pods stable DNS names (`<job>-<i>.<service>`)."""
+    return dns1035_label(resource_name, MAX_JOB_NAME, _suffix(kind))
+
+
+def configmap_name(kind: str, resource_name: str) -> str:
+    """Name of the ConfigMap holding spec.json (`NAME-run-spec`, `NAME-cache-spec`)."""
+    return dns_label(resource_name, 63, _suffix(kind) + "-spec")
+
+
+def network_policy_name(kind: str, resource_name: str) -> str:
+    """Name of the NetworkPolicy admitting traffic to the run's pods (the Job's name)."""
+    return job_name(kind, resource_name)
 
 
 def trial_name(sweep_name: str, index: int) -> str:
@@ -94,3 +114,14 @@ def owner_reference(resource: dict[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def owned_by(obj: dict[str, Any] | None, owner_uid: str | None) -> bool:
+    """Whether `obj`'s ownerReferences name the owner of uid `owner_uid` (an empty uid owns nothing).
+
+    The operator adopts, patches and deletes only what this says it owns: a same-named object
+    someone else created is never touched."""
+    if not obj or not owner_uid:
+        return False
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(r, dict) and r.get("uid") == owner_uid for r in refs)

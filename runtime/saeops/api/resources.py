@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import math
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from saeops.api.base import API_VERSION, SpecModel
+from saeops.api.base import API_VERSION, MAX_TOKENS, Seed, SpecModel
 from saeops.api.common import (
     DatasetSpec,
     Metadata,
@@ -16,6 +17,7 @@ from saeops.api.common import (
     ParallelismSpec,
     SchedulingFields,
     TorchDtype,
+    resolve_parallelism,
 )
 from saeops.api.training import (
     ActivationsSpec,
@@ -25,6 +27,9 @@ from saeops.api.training import (
     InitializerSpec,
     TrainerSpec,
 )
+
+MAX_D_ACTIVE_SUBSPACE = 131072
+
 
 # ---------------------------------------------------------------- status
 
@@ -189,17 +194,15 @@ class SAETrainingRunSpec(SchedulingFields):
         live = self.activations.cache_ref is None and self.activations.cache_uri is None
         if live and self.dataset is None:
             raise ValueError("dataset is required unless activations.cacheRef or cacheUri is set")
-        procs = self.resources.num_nodes * self.resources.num_proc_per_node
-        par = self.parallelism.data * self.parallelism.tensor
-        if par != 1 and par != procs:
-            raise ValueError(
-                f"parallelism.data x parallelism.tensor = {par} must equal "
-                f"resources.numNodes x resources.numProcPerNode = {procs}"
-            )
+        self.parallelism = resolve_parallelism(self.parallelism, self.resources)
         if self.trainer.batch_size % self.parallelism.data:
             raise ValueError(
-                f"trainer.batchSize={self.trainer.batch_size} must be divisible by parallelism.data"
+                f"trainer.batchSize={self.trainer.batch_size} must be divisible by "
+                f"parallelism.data={self.parallelism.data}"
             )
+        d_sub = self.initializer.d_active_subspace
+        if d_sub is not None and d_sub > MAX_D_ACTIVE_SUBSPACE:
+            raise ValueError(f"initializer.dActiveSubspace={d_sub} is more than {MAX_D_ACTIVE_SUBSPACE}")
         if self.trainer.initial_k is not None and self.trainer.initial_k < self.sae.top_k:
             raise ValueError(f"trainer.initialK={self.trainer.initial_k} must be >= sae.topK={self.sae.top_k}")
         return self
@@ -227,15 +230,15 @@ class ActivationCacheSpec(SchedulingFields):
     """Language model."""
     dataset: DatasetSpec
     """Text dataset."""
-    hook_points: list[str] = Field(..., min_length=1, max_length=64)
+    hook_points: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(..., min_length=1, max_length=64)
     """Hook points to cache."""
-    total_tokens: int = Field(..., ge=1)
+    total_tokens: int = Field(..., ge=1, le=MAX_TOKENS)
     """Tokens to cache per hook point (after filtering special tokens)."""
     dtype: TorchDtype = "float32"
     """Dtype of the stored activations."""
     shard_size: int = Field(65536, ge=1, le=1 << 26)
     """Tokens per shard."""
-    seed: int = 42
+    seed: Seed = 42
     """Seed recorded with the cache (the readers' shuffle seed comes from each run)."""
     filter_special_tokens: bool = True
     """Drop BOS/EOS/pad/special-token positions."""
@@ -243,6 +246,11 @@ class ActivationCacheSpec(SchedulingFields):
     """Where the cache is written."""
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     """Data parallelism of the generation."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ActivationCacheSpec:
+        self.parallelism = resolve_parallelism(self.parallelism, self.resources)
+        return self
 
 
 class ActivationCache(Resource):
@@ -277,10 +285,27 @@ class Range(SpecModel):
         return self
 
 
+def _plain_value_problem(value: Any, depth: int = 0) -> str | None:
+    """Why a categorical value could not be a manifest value (None when it can)."""
+    if depth > 8:
+        return "is nested too deeply"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    if isinstance(value, list):
+        return next((p for v in value if (p := _plain_value_problem(v, depth + 1))), None)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "has a mapping with non-string keys"
+        return next((p for v in value.values() if (p := _plain_value_problem(v, depth + 1))), None)
+    return f"is a {type(value).__name__}, not a number, string, boolean, list or mapping"
+
+
 class SweepParameter(SpecModel):
     """One swept parameter: a dotted path into trialTemplate and its values."""
 
-    name: str = Field(..., min_length=1, max_length=253)
+    name: str = Field(..., min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
     """Dotted path in manifest names, e.g. `sae.topK` or `trainer.lr`."""
     categorical: list[Any] | None = Field(None, min_length=1, max_length=1000)
     """Explicit values."""
@@ -298,6 +323,10 @@ class SweepParameter(SpecModel):
             raise ValueError(f"parameter {self.name}: set exactly one of categorical, uniform, logUniform")
         if self.log_uniform is not None and self.log_uniform.min <= 0:
             raise ValueError(f"parameter {self.name}: logUniform.min must be > 0")
+        for i, value in enumerate(self.categorical or ()):
+            problem = _plain_value_problem(value)
+            if problem:
+                raise ValueError(f"parameter {self.name}: categorical[{i}] {problem}")
         return self
 
 
@@ -306,7 +335,7 @@ class SearchAlgorithm(SpecModel):
 
     type: Literal["grid", "random"] = "grid"
     """grid (every combination) or random (seeded sampling)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of random search."""
 
 

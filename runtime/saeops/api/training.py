@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from saeops.api.base import SpecModel
-from saeops.api.common import TorchDtype
+from saeops.api.base import MAX_STEPS, MAX_TOKENS, Seed, SpecModel
+from saeops.api.common import StorageLocation, TorchDtype
+from saeops.api.k8s import DNSLabel
 
 ActFn = Literal["relu", "jumprelu", "topk", "batchtopk", "layertopk", "batchlayertopk"]
 TOPK_FAMILY = ("topk", "batchtopk", "layertopk", "batchlayertopk")
-StepsOrFraction = int | float
+MAX_LATENTS = 1 << 26
+
+
+def _steps_or_fraction(value: int | float) -> int | float:
+    # A float >= 1 is ambiguous (1.0: one step, or all of them?): steps are integers.
+    if isinstance(value, float) and not 0.0 <= value < 1.0:
+        raise ValueError(f"{value!r}: a fraction of the total steps is in [0, 1); give a number of steps "
+                         "as an integer")
+    return value
+
+
+StepsOrFraction = Annotated[int | float, AfterValidator(_steps_or_fraction)]
+"""A number of steps (integer) or a fraction of the total steps (a float in [0, 1))."""
+
+
+def _betas(value: tuple[float, float]) -> tuple[float, float]:
+    for i, b in enumerate(value):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"betas[{i}]={b!r}: each Adam beta is in [0, 1)")
+    return value
 
 
 def resolve_steps(value: StepsOrFraction, total_steps: int) -> int:
@@ -30,7 +50,7 @@ class LorsaSpec(SpecModel):
     """Width of one QK head."""
     positional_embedding: Literal["none", "rotary"] = "none"
     """Positional scheme of the QK heads (match the model's)."""
-    rotary_base: float = 10000.0
+    rotary_base: float = Field(10000.0, gt=0)
     """Rotary base when positional_embedding is rotary."""
     init_from_model: bool = False
     """Initialise QK weights from the model's own attention layer."""
@@ -55,11 +75,11 @@ class DictionarySpec(SpecModel):
     """Width of the activations; read from the model when left out."""
     expansion_factor: float = Field(8.0, gt=0, le=4096)
     """d_sae = d_model * expansionFactor (ignored when dSae is set)."""
-    d_sae: int | None = Field(None, ge=1, le=1 << 26)
+    d_sae: int | None = Field(None, ge=1, le=MAX_LATENTS)
     """Number of latents; overrides expansionFactor."""
     act_fn: ActFn = "relu"
     """Activation function: relu, jumprelu, topk, batchtopk (CLT also layertopk, batchlayertopk)."""
-    top_k: int = Field(50, ge=1)
+    top_k: int = Field(50, ge=1, le=MAX_LATENTS)
     """k of the TopK family (L0 of the activations for topk)."""
     jumprelu_threshold_window: float = Field(2.0, gt=0)
     """Width of the straight-through window around the JumpReLU threshold."""
@@ -101,8 +121,14 @@ class DictionarySpec(SpecModel):
                 raise ValueError("hookPointsIn/hookPointsOut are for type: clt only")
         if self.act_fn in ("layertopk", "batchlayertopk") and self.type != "clt":
             raise ValueError(f"actFn {self.act_fn} is for type: clt only; use topk or batchtopk")
-        if self.d_model is not None and self.top_k > self.d_sae_for(self.d_model):
+        # k only matters for the TopK family (relu/jumprelu ignore it, whatever its default).
+        if self.is_topk_family and self.d_model is not None and self.top_k > self.d_sae_for(self.d_model):
             raise ValueError(f"topK={self.top_k} exceeds dSae={self.d_sae_for(self.d_model)}")
+        if self.is_topk_family and self.d_sae is not None and self.top_k > self.d_sae:
+            raise ValueError(f"topK={self.top_k} exceeds dSae={self.d_sae}")
+        if self.d_model is not None and not 1 <= self.d_sae_for(self.d_model) <= MAX_LATENTS:
+            raise ValueError(f"dModel x expansionFactor = {self.d_sae_for(self.d_model)} latents; "
+                             f"use 1 to {MAX_LATENTS}")
         return self
 
     @property
@@ -162,7 +188,7 @@ class WandbSpec(SpecModel):
 class TrainerSpec(SpecModel):
     """Optimiser, schedules, losses and logging."""
 
-    total_training_tokens: int = Field(..., ge=1)
+    total_training_tokens: int = Field(..., ge=1, le=MAX_TOKENS)
     """Activations (tokens) to train on; steps = totalTrainingTokens / batchSize."""
     batch_size: int = Field(4096, ge=1, le=1 << 24)
     """Activations per optimiser step (global, across data-parallel ranks)."""
@@ -170,15 +196,15 @@ class TrainerSpec(SpecModel):
     """Peak learning rate."""
     optimizer: Literal["adam", "adamw"] = "adam"
     """Optimiser."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
+    betas: Annotated[tuple[float, float], AfterValidator(_betas)] = Field((0.9, 0.999), strict=False)
+    """Adam betas, each in [0, 1)."""
     weight_decay: float = Field(0.0, ge=0)
     """Weight decay (adamw)."""
-    lr_warm_up_steps: StepsOrFraction = Field(0, ge=0)
+    lr_warm_up_steps: StepsOrFraction = Field(0, ge=0, le=MAX_STEPS)
     """Linear warm-up steps (int) or fraction of total steps (float < 1)."""
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
     """Decay after warm-up."""
-    lr_cool_down_steps: StepsOrFraction = Field(0.2, ge=0)
+    lr_cool_down_steps: StepsOrFraction = Field(0.2, ge=0, le=MAX_STEPS)
     """Decay steps at the end for cosine/linear (int or fraction)."""
     lr_end_ratio: float = Field(0.0, ge=0, le=1)
     """Final lr as a fraction of the peak for cosine/linear."""
@@ -192,7 +218,7 @@ class TrainerSpec(SpecModel):
     """Sparsity penalty; default `power` for relu/jumprelu and `none` for the TopK family."""
     l1_coefficient: float = Field(8e-5, ge=0)
     """Coefficient of the sparsity penalty."""
-    l1_coefficient_warmup_steps: StepsOrFraction = Field(0.1, ge=0)
+    l1_coefficient_warmup_steps: StepsOrFraction = Field(0.1, ge=0, le=MAX_STEPS)
     """Linear warm-up of the sparsity coefficient from 0 (int or fraction)."""
     p: float = Field(1.0, gt=0)
     """Power of the Lp sparsity penalty."""
@@ -204,30 +230,30 @@ class TrainerSpec(SpecModel):
     """JumpReLU pre-activation penalty coefficient (None: off)."""
     aux_k_coefficient: float = Field(0.0, ge=0)
     """Aux-K loss coefficient for TopK/BatchTopK (dead latents reconstruct the residual)."""
-    k_aux: int | None = Field(None, ge=1)
+    k_aux: int | None = Field(None, ge=1, le=MAX_LATENTS)
     """Dead latents used by the Aux-K loss (default d_model / 2)."""
-    initial_k: int | None = Field(None, ge=1)
+    initial_k: int | None = Field(None, ge=1, le=MAX_LATENTS)
     """Starting k of the k schedule (>= topK)."""
-    k_warmup_steps: StepsOrFraction = Field(0.1, ge=0)
+    k_warmup_steps: StepsOrFraction = Field(0.1, ge=0, le=MAX_STEPS)
     """Steps (or fraction) over which k decays from initialK to topK."""
-    k_cold_booting_steps: StepsOrFraction = Field(0, ge=0)
+    k_cold_booting_steps: StepsOrFraction = Field(0, ge=0, le=MAX_STEPS)
     """Steps (or fraction) k stays at initialK before decaying."""
     k_schedule_type: Literal["linear", "exponential"] = "linear"
     """Shape of the k decay."""
     k_exponential_factor: float = Field(3.0, gt=0)
     """Curvature of the exponential k decay."""
-    dead_feature_window: int = Field(1_000_000, ge=1)
+    dead_feature_window: int = Field(1_000_000, ge=1, le=MAX_TOKENS)
     """A latent is dead when it has not fired in this many tokens."""
     dense_feature_threshold: float = Field(0.1, gt=0, le=1)
     """A latent is dense when it fires on more than this fraction of tokens."""
-    log_frequency: int = Field(100, ge=1)
+    log_frequency: int = Field(100, ge=1, le=MAX_STEPS)
     """Log metrics every this many steps."""
-    checkpoint_interval: int = Field(0, ge=0)
+    checkpoint_interval: int = Field(0, ge=0, le=MAX_STEPS)
     """Checkpoint every this many steps (0: only at the end and on SIGTERM)."""
     keep_checkpoints: int = Field(2, ge=1, le=100)
     """Checkpoints kept (older ones are deleted)."""
-    seed: int = 42
-    """Seed of initialisation, shuffling and every random choice."""
+    seed: Seed = 42
+    """Seed of initialisation, shuffling and every random choice (0 <= seed < 2**63)."""
     progress_bar: bool = True
     """Show a progress bar in local runs."""
     wandb: WandbSpec | None = None
@@ -249,9 +275,9 @@ class TrainerSpec(SpecModel):
 class ActivationsSpec(SpecModel):
     """Where training activations come from: the live model, or an ActivationCache."""
 
-    cache_ref: str | None = Field(None, max_length=63)
+    cache_ref: DNSLabel | None = None
     """Name of an ActivationCache in the same namespace (cluster runs)."""
-    cache_uri: str | None = Field(None, max_length=4096)
+    cache_uri: StorageLocation | None = Field(None, max_length=4096)
     """Storage URI of a cache (local runs, or a cache made elsewhere)."""
     buffer_size: int = Field(65536, ge=1, le=1 << 28)
     """Tokens in the online shuffle buffer (live generation)."""
@@ -272,7 +298,7 @@ class EvalSpec(SpecModel):
 
     enabled: bool = False
     """Run the evaluation at the end of training."""
-    tokens: int = Field(16384, ge=1)
+    tokens: int = Field(16384, ge=1, le=MAX_TOKENS)
     """Tokens evaluated."""
 
 
@@ -281,9 +307,9 @@ class AnalysisSpec(SpecModel):
 
     enabled: bool = False
     """Produce the analysis artifact and report at the end of training."""
-    tokens: int = Field(65536, ge=1)
+    tokens: int = Field(65536, ge=1, le=MAX_TOKENS)
     """Tokens streamed for the analysis."""
     top_n: int = Field(16, ge=1, le=1024)
     """Top-activating contexts kept per feature."""
-    max_features: int | None = Field(None, ge=1)
+    max_features: int | None = Field(None, ge=1, le=MAX_LATENTS)
     """Features shown in the report (None: all)."""

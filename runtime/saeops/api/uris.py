@@ -23,6 +23,18 @@ from urllib.parse import unquote, urlparse
 # S3 bucket naming rules (the common subset every S3-compatible store accepts).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _FORMS = "use s3://bucket/prefix, file:///absolute/dir or a local path"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# The same rules as a regular expression (RE2 and Rust syntax, no look-around) for the CRDs, so
+# `kubectl apply` refuses `..`, `.` and empty segments early. It accepts a superset of what
+# `parse_storage_uri` accepts (bucket details, `~`, schemes; the models check the rest).
+_SEG = r"([^/.\\\x00-\x1f\x7f]|\.[^/.\\\x00-\x1f\x7f]|\.\.[^/\\\x00-\x1f\x7f])[^/\\\x00-\x1f\x7f]*"
+_SEGS = rf"{_SEG}(/{_SEG})*"
+STORAGE_URI_PATTERN = (
+    rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_SEGS})?/?|file://(localhost)?/({_SEGS}/?)?"
+    rf"|/({_SEGS}/?)?|(\./)*{_SEGS}/?)$"
+)
+ENDPOINT_URL_PATTERN = r"^https?://[^/?#@\s]+([/?#].*)?$"
 
 
 class URIError(ValueError):
@@ -64,6 +76,8 @@ class StorageURI:
 
 
 def _segments(path: str, uri: str, *, allow_empty: bool) -> list[str]:
+    if "//" in path:
+        raise URIError(f"{uri!r}: empty segment (//) in the path; write the normalised location")
     parts = [p for p in path.strip("/").split("/")] if path.strip("/") else []
     for p in parts:
         if p in ("", ".", ".."):
@@ -81,9 +95,12 @@ def parse_storage_uri(uri: str, *, allow_relative: bool = True) -> StorageURI:
     the image's working directory (read-only, and gone with the pod)."""
     if not isinstance(uri, str) or not uri.strip():
         raise URIError(f"empty storage URI; {_FORMS}")
-    if uri != uri.strip() or any(c in uri for c in "\x00\n\r\t\\"):
-        raise URIError(f"{uri!r}: whitespace, control characters and backslashes are not allowed")
+    if uri != uri.strip() or _CONTROL.search(uri) or "\\" in uri:
+        raise URIError(f"{uri!r}: leading or trailing whitespace, control characters and backslashes are "
+                       "not allowed")
     if uri.startswith("s3://"):
+        if "//" in uri[len("s3://"):]:
+            raise URIError(f"{uri!r}: empty segment (//) in the path; write the normalised location")
         bucket, _, key = uri[len("s3://"):].partition("/")
         if not bucket:
             raise URIError(f"{uri!r}: no bucket; use s3://BUCKET/prefix")
@@ -110,7 +127,13 @@ def parse_storage_uri(uri: str, *, allow_relative: bool = True) -> StorageURI:
     if not allow_relative:
         raise URIError(f"{uri!r} is a relative path, which a pod cannot use; use s3://bucket/prefix "
                        "or the absolute path of a mounted volume")
-    return StorageURI("file", "", "/".join(_segments(uri, uri, allow_empty=False)), relative=True)
+    # `./runs/x` is how shells spell `runs/x`; only a leading `./` is dropped, never `a/./b`.
+    rel = uri
+    while rel.startswith("./"):
+        rel = rel[2:]
+    if rel.startswith("/"):
+        raise URIError(f"{uri!r}: empty segment (//) in the path; write the normalised location")
+    return StorageURI("file", "", "/".join(_segments(rel, uri, allow_empty=False)), relative=True)
 
 
 def check_endpoint_url(url: str) -> str:
@@ -123,4 +146,5 @@ def check_endpoint_url(url: str) -> str:
     return url
 
 
-__all__ = ["StorageURI", "URIError", "check_endpoint_url", "parse_storage_uri"]
+__all__ = ["ENDPOINT_URL_PATTERN", "STORAGE_URI_PATTERN", "StorageURI", "URIError", "check_endpoint_url",
+           "parse_storage_uri"]

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 from saeops.api import SpecError
+from saeops.api.common import HUB_REPO_ID, HUB_REPO_PART
 from saeops.api.uris import URIError, parse_storage_uri
 
-# The Hub's repo id rules: ORG/NAME of letters, digits, '-', '_', '.'; no '--' or '..'.
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-REPO_ID = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
-BARE_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+REPO_ID = HUB_REPO_ID
+BARE_REPO_ID = re.compile(rf"^{HUB_REPO_PART}/{HUB_REPO_PART}$")
+"""A bare `ORG/NAME` (the organisation required: a bare `NAME` is a relative path)."""
 
 Kind = Literal["package", "builtin", "hub", "s3", "local"]
 

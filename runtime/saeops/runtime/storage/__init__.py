@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import os
-from urllib.parse import unquote, urlparse
-
+from saeops.api.uris import URIError, check_endpoint_url, parse_storage_uri
 from saeops.runtime.storage.base import KeyNotFound, Storage, StorageError, join_key, normalize_key
 from saeops.runtime.storage.buffers import BufferPool
 from saeops.runtime.storage.local import LocalStorage
@@ -42,37 +40,31 @@ def open_storage(
     multipart_chunksize: int | None = None,
     max_concurrency: int = 8,
 ) -> Storage:
-    """Open `file:///abs/dir`, a plain local path, or `s3://bucket/prefix`.
+    """Open `file:///abs/dir`, a plain local path, or `s3://bucket/prefix` (parsed by
+    `saeops.api.uris.parse_storage_uri`; a URI it refuses raises `StorageError`).
 
     For S3, unset arguments come from the environment: `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`,
     `AWS_REGION`/`AWS_DEFAULT_REGION`, and credentials through boto3's usual chain
     (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...). The S3-only
     options (retries, timeouts, multipart sizes) are ignored for local storage.
     """
-    if not uri:
-        raise StorageError("empty storage URI: use file:///abs/dir, a local path, or s3://bucket/prefix")
-    if uri.startswith("s3://"):
-        rest = uri[len("s3://"):]
-        bucket, _, prefix = rest.partition("/")
+    # One parser for the spec, the operator and here: what `saeops validate` accepts opens, and
+    # what it refuses (`~`, `..`, `file:relative`, `s3://` without a bucket) never does.
+    try:
+        loc = parse_storage_uri(uri)
+        if endpoint_url is not None:
+            check_endpoint_url(endpoint_url)
+    except URIError as e:
+        raise StorageError(str(e)) from None
+    if loc.scheme == "s3":
         extra = {}
         if multipart_threshold is not None:
             extra["multipart_threshold"] = multipart_threshold
         if multipart_chunksize is not None:
             extra["multipart_chunksize"] = multipart_chunksize
         return S3Storage(
-            bucket, prefix, endpoint_url=endpoint_url, region=region, path_style=path_style,
+            loc.bucket, loc.path, endpoint_url=endpoint_url, region=region, path_style=path_style,
             max_attempts=max_attempts, connect_timeout=connect_timeout, read_timeout=read_timeout,
             max_concurrency=max_concurrency, **extra,
         )
-    if uri.startswith("file://"):
-        parsed = urlparse(uri)
-        if parsed.netloc not in ("", "localhost"):
-            raise StorageError(f"unsupported file URI {uri!r}: use file:///absolute/path (three slashes)")
-        path = unquote(parsed.path)
-        if not path.startswith("/"):
-            raise StorageError(f"unsupported file URI {uri!r}: the path must be absolute (file:///abs/dir)")
-        return LocalStorage(path)
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0]
-        raise StorageError(f"unsupported storage scheme {scheme!r} in {uri!r}: use file:// or s3://")
-    return LocalStorage(os.path.expanduser(uri))
+    return LocalStorage(loc.path)
