@@ -59,10 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from saeops.api.locations import check_cluster_locations
-
     res = _load(args)  # bad input fails before the operator's modules are imported
-    check_cluster_locations(res, str(args.file))  # pods cannot use relative paths
 
     import yaml
 

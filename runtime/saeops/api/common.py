@@ -19,6 +19,7 @@ from saeops.api.k8s import (
     QueueName,
     ResourceName,
 )
+from saeops.api.pods import Key, PodFields
 from saeops.api.uris import (
     ENDPOINT_URL_PATTERN,
     STORAGE_URI_PATTERN,
@@ -124,9 +125,9 @@ class HubTokenSecretRef(SpecModel):
     """A Kubernetes Secret holding a Hugging Face access token. Only its name travels; the pods
     get the value as the `HF_TOKEN` environment variable."""
 
-    name: str = Field(..., min_length=1, max_length=253)
+    name: DNSSubdomain
     """Name of the Secret in the resource's namespace."""
-    key: str = Field("HF_TOKEN", min_length=1, max_length=253)
+    key: Key = "HF_TOKEN"
     """Key of the token inside the Secret."""
 
 
@@ -290,9 +291,10 @@ class ResourceRequirements(SpecModel):
         return self
 
 
-class ResourcesSpec(SpecModel):
-    """How the job's pods are scheduled (used by the operator). `saeops run` uses only the process
-    count, numNodes x numProcPerNode, which sets parallelism.data when that is left out."""
+class ResourcesSpec(PodFields):
+    """How the job's pods are scheduled and what they mount (used by the operator). `saeops run`
+    uses only the process count, numNodes x numProcPerNode, which sets parallelism.data when that
+    is left out."""
 
     image: Image = Field("ghcr.io/saeops/saeops:0.1.0", min_length=1)
     """Runtime container image."""
