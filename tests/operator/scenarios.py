@@ -249,8 +249,12 @@ async def foreign_children(c: Cluster) -> None:
 
 async def rejected(c: Cluster) -> None:
     """Creates the API server refuses for good end the run Failed in one reconcile, never retried."""
-    cpu = {"resourcesPerNode": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}
-    await c.create("SAETrainingRun", run_doc("too-big", resources=cpu))
+    # The spec models refuse requests above limits themselves, so the API server's 422 for an
+    # invalid Job is injected here (what a server-side rule the models do not know would give).
+    c.emu.faults.append(Fault("jobs", "create", "too-big-run", [422],
+                              'Job.batch "too-big-run" is invalid: spec.template.spec.containers[0].resources.'
+                              'requests: Invalid value: "4": must be less than or equal to cpu limit of 2'))
+    await c.create("SAETrainingRun", run_doc("too-big"))
     bad_secret = run_doc("bad-secret")
     bad_secret["spec"]["output"] = {"storageUri": "s3://bucket/runs", "secretRef": {"name": "S3_Creds"}}
     await c.create("SAETrainingRun", bad_secret)

@@ -7,7 +7,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from saeops.api import SAETrainingRun, layout, names, parse_resource
+from saeops.api import SAETrainingRun, k8s, layout, names, parse_resource
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.render import render_children, render_manifest
 
@@ -36,7 +36,7 @@ def _big_run():
     doc["spec"]["parallelism"] = {"data": 32}
     doc["spec"]["trainer"]["batchSize"] = 4096
     doc["spec"]["queueName"] = "team-a"
-    doc["spec"]["output"] = {"storageUri": "s3://b/runs/q", "secretRef": {"name": "s3-creds"},
+    doc["spec"]["output"] = {"storageUri": "s3://bkt/runs/q", "secretRef": {"name": "s3-creds"},
                              "endpointUrl": "http://minio:9000", "region": "eu-west-1"}
     return doc
 
@@ -191,7 +191,7 @@ def test_long_names_are_valid_and_deterministic(kind):
     for fn, limit in ((names.job_name, 52), (names.service_name, 52), (names.configmap_name, 63),
                       (names.network_policy_name, 52)):
         a, b = fn(kind, long), fn(kind, long)
-        assert a == b and len(a) <= limit and names.DNS_LABEL_RE.match(a)
+        assert a == b and len(a) <= limit and k8s.is_dns_label(a)
     # Pods of an Indexed Job have the hostname `<job>-<index>` (a DNS label), even for 10-digit indexes.
     assert len(f"{names.job_name(kind, long)}-{9_999_999_999}") <= 63
     assert names.job_name(kind, long) != names.job_name(kind, "a" * 62)

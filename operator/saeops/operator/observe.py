@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from saeops.api import names
+from saeops.api import k8s, names
 from saeops.operator import jobs
 from saeops.operator.kube import Kube, path_for
 from saeops.operator.policy import ClusterPolicy
@@ -54,7 +54,7 @@ def job_name_of(res: Obj) -> str:
     """The Job to follow: the one the status records (it may predate a naming change), else the
     deterministic name. Whether it is really this resource's is the reconcile's check."""
     recorded = (res.get("status") or {}).get("jobName")
-    if isinstance(recorded, str) and len(recorded) <= names.MAX_JOB_NAME and names.DNS_LABEL_RE.match(recorded):
+    if isinstance(recorded, str) and len(recorded) <= names.MAX_JOB_NAME and k8s.is_dns_label(recorded):
         return recorded
     return names.job_name(res["kind"], res["metadata"]["name"])
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saeops.api import ActivationCache, SAESweep, SAETrainingRun
+from saeops.api.locations import storage_locations
 from saeops.api.uris import StorageURI, URIError, parse_storage_uri
 
 Obj = dict[str, Any]
@@ -62,18 +63,13 @@ class ClusterPolicy:
             spec, where = model.spec.trial_template, "spec.trialTemplate"
         else:
             spec, where = model.spec, "spec"
-        uri = spec.output.storage_uri
-        try:
-            parsed = parse_storage_uri(uri, allow_relative=False)
-        except URIError as e:
-            return Problem("InvalidSpec", f"{where}.output.storageUri: {e}")
-        acts = getattr(spec, "activations", None)
-        cache_uri = getattr(acts, "cache_uri", None)
-        if cache_uri:
+        # Every location must be one a pod can use (never relative): the same check as `render`.
+        for field, location in storage_locations(model):
             try:
-                parse_storage_uri(cache_uri, allow_relative=False)
+                parse_storage_uri(location, allow_relative=False)
             except URIError as e:
-                return Problem("InvalidSpec", f"{where}.activations.cacheUri: {e}")
+                return Problem("InvalidSpec", f"{field}: {e}")
+        parsed = parse_storage_uri(spec.output.storage_uri, allow_relative=False)
         if self.storage_prefixes:
             allowed = self.allowed_prefixes(namespace)
             if not any(parsed.is_within(p) for p in allowed):

@@ -2,14 +2,12 @@
 
 The spec models accept relative paths (they are fine for `saeops run` on this machine); a pod
 would write them into the image's read-only working directory and lose them with the pod, so
-`saeops render` and the operator refuse them with `check_cluster_locations`.
+the operator's policy (and so `saeops render`) refuses them.
 """
 
 from __future__ import annotations
 
-from saeops.api.load import SpecError, one_line
 from saeops.api.resources import ActivationCache, AnyResource, SAESweep, SAETrainingRun
-from saeops.api.uris import URIError, parse_storage_uri
 
 
 def storage_locations(res: AnyResource) -> list[tuple[str, str]]:
@@ -27,14 +25,4 @@ def storage_locations(res: AnyResource) -> list[tuple[str, str]]:
     return found
 
 
-def check_cluster_locations(res: AnyResource, source: str = "") -> None:
-    """Raise `SpecError` (one line naming the field) for a location a pod cannot use."""
-    prefix = f"{source}: " if source else ""
-    for field, uri in storage_locations(res):
-        try:
-            parse_storage_uri(uri, allow_relative=False)
-        except URIError as e:
-            raise SpecError(one_line(f"{prefix}{field}: {e}")) from None
-
-
-__all__ = ["check_cluster_locations", "storage_locations"]
+__all__ = ["storage_locations"]

@@ -99,8 +99,6 @@ def kind_label(kind: str) -> str:
     return kind.lower()
 
 
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-"""RFC 1123 label (what every child name must match)."""
 
 
 def owner_reference(resource: dict[str, Any]) -> dict[str, Any]:
