@@ -44,6 +44,10 @@ def _load(args: argparse.Namespace) -> AnyResource:
 def cmd_validate(args: argparse.Namespace) -> int:
     res = _load(args)
     print(f"{args.file}: valid {res.kind} {res.metadata.name}")
+    if args.check_model:  # fetches config.json only; checks hook names on the model's backend
+        from saeops.runtime.lm.check_cli import check_model
+
+        print(check_model(res))
     return 0
 
 
@@ -95,6 +99,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return main_eval(args.rest)
 
 
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from saeops.runtime.lm.hooks_cli import main_hooks
+
+    return main_hooks(args.rest)
+
+
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
     from saeops.runtime.cache import CacheError, format_inspection, inspect_cache
     from saeops.runtime.storage import StorageError
@@ -117,6 +127,7 @@ PASSTHROUGH = {
     "analyze": (cmd_analyze, "top activations, feature cards and an HTML report for a run (RUN_URI ...)"),
     "eval": (cmd_eval, "splice a run's dictionary into the model: loss recovered, KL (RUN_URI ...)"),
     "operator": (cmd_operator, "run the kopf operator (see `saeops operator --help`)"),
+    "hooks": (cmd_hooks, "hook points of a model on a backend, with widths and equivalents (MODEL ...)"),
 }
 """Subcommands that parse their own arguments (and --help)."""
 
@@ -148,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
     s = manifest_cmd("validate", "check a manifest")
     output_arg(s)
+    s.add_argument("--check-model", action="store_true", help="also read the model's config.json and check the hook names")
     s.set_defaults(func=cmd_validate)
     s = manifest_cmd("render", "print the Kubernetes objects the operator would create (storage must be "
                                "s3:// or an absolute path a pod can mount)")

@@ -76,5 +76,5 @@ def test_unknown_hook_point(tiny):
         tiny.activations(tokens(tiny), ["blocks.1.hook_resid_psot"])
     msg = str(e.value)
     assert "\n" not in msg and "'blocks.1.hook_resid_psot'" in msg
-    assert "did you mean 'blocks.1.hook_resid_post'" in msg and "hook_points()" in msg
+    assert "did you mean 'blocks.1.hook_resid_post'" in msg and "saeops hooks" in msg
     assert isinstance(e.value, ValueError)

@@ -20,7 +20,13 @@ def test_example_parses_and_builds(kind: str) -> None:
     run = load_resource(EXAMPLES / f"{kind}.yaml")
     spec = run.spec  # type: ignore[union-attr]
     assert spec.sae.type == kind
-    d = spec.model.native.d_model
+    if spec.model.native is not None:
+        d = spec.model.native.d_model
+    else:  # a real model (MiniLM): its width from config.json
+        from saeops.runtime.lm.checks import read_config
+        from saeops.runtime.sources import resolve_source
+
+        d = read_config(resolve_source(spec.model.path, "spec.model.path").path, "spec.model.path")["hidden_size"]
     model = build_dictionary(spec.sae, d, d)
     assert model.dictionary_type == kind
 
@@ -34,6 +40,8 @@ def test_example_trains_with_a_tiny_budget(kind: str, tmp_path: Path) -> None:
         f"spec.output.storageUri={tmp_path}", "spec.trainer.totalTrainingTokens=4096",
         "spec.trainer.batchSize=1024", "spec.initializer.initTokens=2048",
         "spec.trainer.progressBar=false",
+        # MiniLM is a real model: a small shuffle buffer and evaluation keep the run short.
+        "spec.activations.bufferSize=2048", "spec.eval.tokens=2048", "spec.model.batchSize=8",
     ])
     assert run_resource(run, progress=False) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -309,8 +309,11 @@ def cases() -> list[Case]:
         "spec.output.endpointUrl")
     add("endpoint-creds", cat, with_("spec.output", {"storageUri": "s3://bkt/x", "endpointUrl": "https://u:p@h"}),
         "spec.output.endpointUrl")
-    add("model-path-s3", cat, with_("spec.model", {"name": "m", "path": "s3://bkt/model"}), "spec.model.path")
-    add("dataset-path-hf", cat, with_("spec.dataset.path", "hf://datasets/x"), "spec.dataset.path")
+    # hf:// and s3:// are model and dataset sources (issue #15); malformed ones are refused.
+    add("model-path-s3", cat, with_("spec.model", {"name": "m", "path": "s3://Bad_Bucket/model"}), "spec.model.path")
+    add("model-path-s3-bucket", cat, with_("spec.model", {"name": "m", "path": "s3://bkt"}), "spec.model.path")
+    add("dataset-path-hf", cat, with_("spec.dataset.path", "hf://datasets/a/b/c"), "spec.dataset.path")
+    add("dataset-path-hf-dashes", cat, with_("spec.dataset.path", "hf://org/a--b"), "spec.dataset.path")
     add("dataset-path-tilde", cat, with_("spec.dataset.path", "~/corpus.jsonl"), "spec.dataset.path")
     add("tokenizer-http", cat, with_("spec.model.tokenizer", "http://h/tok"), "spec.model.tokenizer")
     for cid, value in [("dotdot", "../x"), ("tilde", "~/x"), ("file-relative", "file:x"), ("s3", "s3://"),

@@ -20,6 +20,7 @@ from saeops.api import (
     layout,
     names,
     parse_resource,
+    pods,
 )
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.sweep import plan_trials
@@ -182,6 +183,18 @@ def _s3_env(output: OutputSpec) -> list[Obj]:
     return env
 
 
+def _source_env(spec: Any) -> list[Obj]:
+    """Where models are cached, the hub token (by reference), then the user's own variables."""
+    env: list[Obj] = [{"name": "SAEOPS_CACHE_DIR", "value": pods.CACHE_DIR}]
+    token = spec.model.secret_ref
+    user = [e.to_manifest() for e in spec.resources.env]
+    if token is not None:
+        if any(e["name"] == "HF_TOKEN" for e in user):
+            raise SpecError("spec.resources.env: HF_TOKEN is set from spec.model.secretRef already; remove one")
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    return env + user
+
+
 def _restricted_container_context() -> Obj:
     return {
         "runAsNonRoot": True,
@@ -241,6 +254,7 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in SCRATCH_ENV.items()),
         *_s3_env(spec.output),
+        *_source_env(spec),
     ]
     container: Obj = {
         "name": CONTAINER,
@@ -256,6 +270,8 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": SCRATCH},
+            {"name": res.cache_volume or pods.CACHE_VOLUME, "mountPath": pods.CACHE_DIR},
+            *(m.to_manifest() for m in res.volume_mounts),
         ],
         # Rank 0 writes the outcome (final metrics, or the one-line error) here; a container
         # that dies before writing it leaves the tail of its log instead.
@@ -263,6 +279,8 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _restricted_container_context(),
     }
+    if res.env_from:
+        container["envFrom"] = [e.to_manifest() for e in res.env_from]
     rpn = res.resources_per_node
     if rpn.requests or rpn.limits:
         container["resources"] = {k: v for k, v in (("requests", rpn.requests), ("limits", rpn.limits)) if v}
@@ -283,6 +301,8 @@ def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
             {"name": "spec", "configMap": {"name": names.configmap_name(kind, name)}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
             {"name": "tmp", "emptyDir": {}},
+            *([] if res.cache_volume else [{"name": pods.CACHE_VOLUME, "emptyDir": {}}]),
+            *(v.to_manifest() for v in res.volumes),
         ],
     }
     if res.node_selector:

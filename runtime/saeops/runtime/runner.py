@@ -16,6 +16,7 @@ import torch
 
 from saeops.api import DatasetSpec, OutputSpec, SAETrainingRun, SpecError
 from saeops.runtime.lm import UnknownHookPointError
+from saeops.runtime.sources import is_remote
 from saeops.runtime.storage import StorageError, open_storage
 
 log = logging.getLogger("saeops.run")
@@ -49,6 +50,8 @@ def open_output(out: OutputSpec) -> Any:
 
 def check_dataset_path(ds: DatasetSpec | None) -> None:
     if ds is None or ds.path.startswith("builtin:"):
+        return
+    if is_remote(ds.path, dataset=True):  # hub and s3:// data are checked when opened
         return
     if not os.path.exists(ds.path):
         raise SpecError(f"spec.dataset.path: {ds.path} does not exist")

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from saeops.api.common import DatasetSpec
-from saeops.runtime.data.loading import DatasetError, load_text_dataset
+from saeops.runtime.data.loading import DatasetError, iter_documents, load_text_dataset
+from saeops.runtime.data.tokens import check_tokenized_with, document_encoder
 from saeops.runtime.data.windows import Window, WindowBatch, pack_windows
 
 Batch = dict[str, torch.Tensor]
@@ -70,24 +71,24 @@ class ActivationStream:
         self.skip_batches = skip_batches
         self.model_batch_size = model_batch_size or model.spec.batch_size
         self.repeat = repeat
+        if dataset.token_field:
+            check_tokenized_with(model, dataset)
         # `documents`: an already loaded dataset (tests, or a caller that loads once for many streams).
         self.documents = documents if documents is not None else load_text_dataset(dataset)
         self.text_field = dataset.text_field
 
     # ---- tokens ------------------------------------------------------------------------------
-    def _texts(self) -> Iterator[tuple[int, str]]:
-        ds, field, step = self.documents, self.text_field, 1024
-        for start in range(0, len(ds), step):
-            for i, text in enumerate(ds[start:start + step][field]):
-                yield start + i, text
+    def _texts(self) -> Iterator[tuple[int, Any]]:
+        return iter_documents(self.documents, self.dataset_spec)
 
     def windows(self) -> Iterator[Window]:
         """This rank's context windows, in order (documents tokenised and packed, no model)."""
         prefix, suffix = self.model.window_frame(self.dataset_spec.prepend_bos)
+        encode = document_encoder(self.model, self.dataset_spec)
         index = 0
         while True:
             produced = 0
-            for w in pack_windows(self._texts(), self.model.encode_batch, self.dataset_spec.context_size,
+            for w in pack_windows(self._texts(), encode, self.dataset_spec.context_size,
                                   prefix, suffix, self.model.separator_token_id, first_index=index):
                 produced += 1
                 index = w.index + 1

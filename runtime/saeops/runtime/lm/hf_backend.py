@@ -8,13 +8,7 @@ from typing import Any
 import torch
 
 from saeops.api.common import ModelSpec
-from saeops.runtime.lm.base import (
-    LanguageModel,
-    StopForward,
-    UnknownHookPointError,
-    offline,
-    resolve_local_path,
-)
+from saeops.runtime.lm.base import LanguageModel, StopForward, UnknownHookPointError, resolve_local_path
 from saeops.runtime.lm.tl_backend import checkpoint_has_lm_head
 
 INPUT_SUFFIX = ":input"
@@ -31,13 +25,14 @@ class HuggingFaceModel(LanguageModel):
     output (first element when it returns a tuple); `encoder.layer.3:input` is its input.
     """
 
-    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device) -> None:
-        super().__init__(spec, tokenizer, device)
-        offline()
+    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device, source: Any = None) -> None:
+        """`source`: the ResolvedSource of `spec.path` (resolved here when not given)."""
+        super().__init__(spec, tokenizer, device, source)
         from transformers import AutoModel, AutoModelForCausalLM
 
         assert spec.path is not None
-        path = resolve_local_path(spec.path)
+        path = source.path if source is not None else resolve_local_path(spec.path)
+        self.path = path
         self._has_head = checkpoint_has_lm_head(path)
         cls = AutoModelForCausalLM if self._has_head else AutoModel
         try:
@@ -62,6 +57,11 @@ class HuggingFaceModel(LanguageModel):
         n = getattr(self.model.config, "max_position_embeddings", None)
         return int(n) if n else None
 
+    @property
+    def embedding_rows(self) -> int | None:
+        emb = self.model.get_input_embeddings()
+        return int(emb.num_embeddings) if isinstance(emb, torch.nn.Embedding) else None
+
     def hook_points(self) -> list[str]:
         names = list(self._modules)
         return names + [n + INPUT_SUFFIX for n in names]
@@ -69,13 +69,28 @@ class HuggingFaceModel(LanguageModel):
     def _suggestion_pool(self) -> list[str]:
         return list(self._modules)
 
+    def hook_map(self) -> Any:
+        """TransformerLens <-> Hugging Face names from config.json (None: no TransformerLens adapter)."""
+        if not hasattr(self, "_hook_map"):
+            from saeops.runtime.lm.hookmap import hook_map_of_config
+
+            self._hook_map = hook_map_of_config(self.path)
+        return self._hook_map
+
+    def equivalent_hook(self, name: str) -> str | None:
+        if not name.startswith(("blocks.", "hook_", "embed", "pos_embed", "ln_final", "unembed")):
+            return None  # not a TransformerLens name: no need to import TransformerLens
+        hm = self.hook_map()
+        return None if hm is None else hm.hf_name(name, set(self._modules))
+
     def has_hook_point(self, name: str) -> bool:
         return name.removesuffix(INPUT_SUFFIX) in self._modules
 
     def _module(self, name: str) -> tuple[torch.nn.Module, bool]:
         base = name.removesuffix(INPUT_SUFFIX)
         if base not in self._modules:
-            raise UnknownHookPointError(name, self._suggestion_pool(), self.spec.name)
+            raise UnknownHookPointError(name, self._suggestion_pool(), self.spec.name, backend=self.backend,
+                                        equivalent=self.equivalent_hook(name))
         return self._modules[base], name.endswith(INPUT_SUFFIX)
 
     def _call(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from saeops.api.common import ModelSpec
-from saeops.runtime.lm.base import LanguageModel, StopForward, offline, resolve_local_path
+from saeops.runtime.lm.base import LanguageModel, StopForward, resolve_local_path
 from saeops.runtime.lm.tokenizer import ByteTokenizer
 
 LM_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration")
@@ -39,9 +40,9 @@ class TransformerLensModel(LanguageModel):
     `last_hidden_state`.
     """
 
-    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device) -> None:
-        super().__init__(spec, tokenizer, device)
-        offline()
+    def __init__(self, spec: ModelSpec, tokenizer: Any, device: torch.device, source: Any = None) -> None:
+        """`source`: the ResolvedSource of `spec.path` (resolved here when not given)."""
+        super().__init__(spec, tokenizer, device, source)
         from transformer_lens.model_bridge import TransformerBridge
 
         self._vocab_modulo: int | None = None
@@ -62,8 +63,10 @@ class TransformerLensModel(LanguageModel):
             self._has_head = True
         else:
             assert spec.path is not None
-            path = resolve_local_path(spec.path)
-            hf_tok = None if isinstance(tokenizer, ByteTokenizer) else tokenizer
+            path = source.path if source is not None else resolve_local_path(spec.path)
+            # A copy: the bridge's tokenizer setup adds a BOS (= EOS) to tokenizers that have none,
+            # which would frame windows differently from the huggingface backend.
+            hf_tok = None if isinstance(tokenizer, ByteTokenizer) else copy.deepcopy(tokenizer)
             self.bridge = TransformerBridge.boot_transformers(
                 str(path), device=str(device), dtype=self.dtype, tokenizer=hf_tok
             )
@@ -85,8 +88,27 @@ class TransformerLensModel(LanguageModel):
     def max_context(self) -> int | None:
         return int(self.bridge.cfg.n_ctx) if getattr(self.bridge.cfg, "n_ctx", None) else None
 
+    @property
+    def embedding_rows(self) -> int | None:
+        # Native models take ids modulo d_vocab (spec contract): any id is fine.
+        return None if self._vocab_modulo is not None else int(self.bridge.cfg.d_vocab)
+
     def hook_points(self) -> list[str]:
         return list(self._names)
+
+    def hook_map(self) -> Any:
+        """TransformerLens <-> Hugging Face names (None for native models: no HF modules)."""
+        if self.spec.native is not None:
+            return None
+        if not hasattr(self, "_hook_map"):
+            from saeops.runtime.lm.hookmap import hook_map_of_bridge
+
+            self._hook_map = hook_map_of_bridge(self.bridge)
+        return self._hook_map
+
+    def equivalent_hook(self, name: str) -> str | None:
+        hm = self.hook_map()
+        return None if hm is None else hm.tl_name(name)
 
     def has_hook_point(self, name: str) -> bool:
         return name in self._name_set
