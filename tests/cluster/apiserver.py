@@ -5,7 +5,8 @@ process (`python -m saeops.operator`) watching it.
 Differences from a real API server that matter here (see also tests/operator/test_process.py):
 plain JSON merge patches; `labelSelector` ignored when listing (the operator and the pod runner
 filter labels themselves); no garbage collector (the pod runner removes the pods of deleted
-Jobs); `/api/v1/namespaces` cannot be listed, so the operator runs with `--no-scanning`.
+Jobs); NetworkPolicies are stored, not enforced (all pods share the host's loopback);
+`/api/v1/namespaces` cannot be listed, so the operator runs with `--no-scanning`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ RESOURCES = {
     "v1/services": ("Service", set()),
     "v1/secrets": ("Secret", set()),
     "v1/events": ("Event", set()),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", set()),
     "v1/namespaces": ("Namespace", set()),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", set()),
 }

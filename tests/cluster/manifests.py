@@ -14,9 +14,12 @@ from tests.cluster.conftest import SECRET_NAME, Cluster
 
 Obj = dict[str, Any]
 HOOK = "blocks.3.hook_resid_post"
-LEAN_TRAINER = {"totalTrainingTokens": 16384, "batchSize": 1024, "logFrequency": 2, "checkpointInterval": 4}
+LEAN_TRAINER = {"totalTrainingTokens": 8192, "batchSize": 1024, "logFrequency": 2, "checkpointInterval": 4}
+CACHE_TOKENS = 8192
+FROM_CACHE_TOKENS = 16384
+"""Two passes over the cache: enough steps to stop a run between two of them."""
 LEAN_SAE = {"expansionFactor": 4, "topK": 16}
-LEAN_INIT = {"biasInitMethod": "all_zero", "gridSearchInitNorm": False}
+LEAN_INIT = {"biasInitMethod": "all_zero", "gridSearchInitNorm": False, "initTokens": 2048}
 
 
 def example(name: str) -> Obj:
@@ -38,7 +41,8 @@ def quickstart(c: Cluster, name: str, nodes: int = 1, **trainer: Any) -> Obj:
     doc = example("quickstart.yaml")
     doc["metadata"] = {"name": name, "namespace": NS}
     spec = doc["spec"]
-    spec["activations"]["bufferSize"] = 4096
+    spec["model"]["batchSize"] = 8  # 1024-token forward passes: the buffer fills with little work
+    spec["activations"]["bufferSize"] = 2048
     spec["sae"].update(LEAN_SAE)
     spec["initializer"] = dict(LEAN_INIT)
     spec["trainer"].update({**LEAN_TRAINER, **trainer})
@@ -47,12 +51,13 @@ def quickstart(c: Cluster, name: str, nodes: int = 1, **trainer: Any) -> Obj:
     return doc
 
 
-def cache(c: Cluster, name: str, tokens: int = 16384) -> Obj:
+def cache(c: Cluster, name: str, tokens: int = CACHE_TOKENS) -> Obj:
     """examples/cache.yaml, one hook point and `tokens` tokens."""
     doc = example("cache.yaml")
     doc["metadata"] = {"name": name, "namespace": NS}
     spec = doc["spec"]
-    spec.update(hookPoints=[HOOK], totalTokens=tokens, shardSize=2048, dtype="float32")
+    spec["model"]["batchSize"] = 8
+    spec.update(hookPoints=[HOOK], totalTokens=tokens, shardSize=1024, dtype="float32")
     spec["resources"] = resources(c)
     spec["output"] = output(c, f"caches/{name}")
     return doc
@@ -66,7 +71,7 @@ def run_from_cache(c: Cluster, name: str, cache_name: str, **trainer: Any) -> Ob
     spec["activations"] = {"cacheRef": cache_name}
     spec["sae"].update({**LEAN_SAE, "hookPointIn": HOOK})
     spec["initializer"] = dict(LEAN_INIT)
-    spec["trainer"].update({**LEAN_TRAINER, "lr": 2e-3, **trainer})
+    spec["trainer"].update({**LEAN_TRAINER, "totalTrainingTokens": FROM_CACHE_TOKENS, "lr": 2e-3, **trainer})
     spec["resources"] = resources(c)
     spec["output"] = output(c, f"runs/{name}")
     return doc
@@ -79,7 +84,7 @@ def sweep(c: Cluster, name: str, cache_name: str) -> Obj:
     spec = doc["spec"]
     spec["parameters"] = [{"name": "sae.topK", "categorical": [8, 16]}]
     spec.update(maxTrials=2, parallelTrials=2, maxFailedTrials=0)
-    template = copy.deepcopy(run_from_cache(c, "trial", cache_name)["spec"])
+    template = copy.deepcopy(run_from_cache(c, "trial", cache_name, totalTrainingTokens=8192)["spec"])
     template["output"] = output(c, f"sweeps/{name}")
     spec["trialTemplate"] = template
     return doc

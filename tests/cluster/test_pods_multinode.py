@@ -79,6 +79,13 @@ def listeners(port: int) -> set[str]:
     return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
 
 
+def container_listeners(c: Cluster, cid: str) -> set[str]:
+    """Addresses on which the processes of one container listen (TCP)."""
+    pids = set(c.docker("top", cid, "-eo", "pid").stdout.split()[1:])
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3] for line in out.splitlines() if any(f"pid={pid}," in line for pid in pids)}
+
+
 def saeops_run_in_image(c: Cluster, doc: dict[str, Any], tmp: Path, data: int) -> dict[str, Any]:
     """`saeops run` of `doc` with `parallelism.data` in a container of the image (read-only root,
     uid 1000, host loopback); returns metrics.json's final values."""
@@ -116,6 +123,10 @@ async def test_two_node_quickstart_as_pods(cluster: Cluster, prometheus: str, tm
     # Rendezvous and metrics listen on the rank-0 pod's address only, not on every interface.
     await c.wait("rank 0 serving /metrics", lambda: rank0.ip in listeners(9400), 900)
     assert listeners(9400) == {rank0.ip} and listeners(29500) == {rank0.ip}
+    for rec in pods:  # every socket a pod listens on (gloo's too) is on its own address
+        assert rec.cid is not None
+        addrs = container_listeners(c, rec.cid)
+        assert addrs and {a.rsplit(":", 1)[0] for a in addrs} == {rec.ip}, (rec.name, addrs)
     # Prometheus found the pod and scraped it while it trained.
     series = await c.wait("Prometheus scraping rank 0", lambda: query(
         prometheus, f'saeops_tokens_total{{run="{RUN}",kubernetes_pod_name="{rank0.name}"}}'), 300)
@@ -137,5 +148,6 @@ async def test_two_node_quickstart_as_pods(cluster: Cluster, prometheus: str, tm
     assert ev, "Prometheus kept no explained-variance samples of the run"
 
     local = await asyncio.to_thread(saeops_run_in_image, c, doc, tmp_path, 2)
+    print(f"explained variance: two pods {final['explained_variance']!r}, saeops run {local['explained_variance']!r}")
     assert abs(local["explained_variance"] - final["explained_variance"]) <= 1e-6, (local, final)
     assert local["l0"] == pytest.approx(final["l0"], abs=1e-6)
