@@ -53,11 +53,12 @@ def main() -> None:
     if K.triton_available() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
         backends.insert(0, "triton")
 
+    kernels = {be: K.Kernels(be) for be in backends}  # type: ignore[arg-type]
     rows: dict[str, list[float]] = {}
     rows["GEMM x @ W_enc (floor)"] = timed(lambda: x @ sae.W_enc, args.warmup, args.iters, sync)
     opt = make_optimizer(sae, args.adam)
     for be in backends:
-        step = step_fn(sae, opt, lambda be=be: sparse_loss(sae, x, args.k, be))
+        step = step_fn(sae, opt, lambda be=be: sparse_loss(sae, kernels[be], x, args.k))
         rows[f"sparse step ({be})"] = timed(step, args.warmup, args.iters, sync)
     rows["dense step (autograd)"] = timed(
         step_fn(sae, opt, lambda: dense_loss(sae, x, args.k)), args.warmup, args.iters, sync
@@ -66,17 +67,17 @@ def main() -> None:
     # The sparse pieces alone, on one fixed selection.
     with torch.no_grad():
         norms = sae.W_dec.norm(dim=-1)
-        values, indices = K.topk_encode(x, sae.W_enc, sae.b_enc, args.k, norms)
+        values, indices = kernels["torch"].topk_encode(x, sae.W_enc, sae.b_enc, args.k, norms)
     grad_out = torch.randn_like(x)
     for be in backends:
         v = values.clone().requires_grad_(True)
         rows[f"  decode fwd ({be})"] = timed(
-            lambda be=be, v=v: K.sparse_decode(indices, v, sae.W_dec, sae.b_dec, backend=be),
+            lambda be=be, v=v: kernels[be].sparse_decode(indices, v, sae.W_dec, sae.b_dec),
             args.warmup, args.iters, sync,
         )  # fmt: skip
 
         def decode_bwd(be: str = be, v: torch.Tensor = v) -> None:
-            out = K.sparse_decode(indices, v, sae.W_dec, sae.b_dec, backend=be)  # type: ignore[arg-type]
+            out = kernels[be].sparse_decode(indices, v, sae.W_dec, sae.b_dec)
             torch.autograd.grad(out, [v, sae.W_dec], grad_out)
 
         rows[f"  decode fwd+bwd ({be})"] = timed(decode_bwd, args.warmup, args.iters, sync)
@@ -88,7 +89,7 @@ def main() -> None:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         for be in backends:
-            step = step_fn(sae, opt, lambda be=be: sparse_loss(sae, x, args.k, be))
+            step = step_fn(sae, opt, lambda be=be: sparse_loss(sae, kernels[be], x, args.k))
             with profile(activities=activities) as prof:
                 for _ in range(3):
                     step()

@@ -54,10 +54,12 @@ class SAE:
         return [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
 
 
-def sparse_loss(sae: SAE, x: Tensor, k: int, backend: str = "torch") -> Tensor:
+def sparse_loss(sae: SAE, kernels: K.Kernels, x: Tensor, k: int) -> Tensor:
+    """The step as a saeops SAE runs it: one `Kernels` object across steps (its workspace and
+    sort cache are reused), selection on pre-activations scaled by decoder norms."""
     norms = sae.W_dec.detach().norm(dim=-1)
-    values, indices = K.topk_encode(x, sae.W_enc, sae.b_enc, k, norms, input_bias=sae.b_dec, backend=backend)  # type: ignore[arg-type]
-    x_hat = K.sparse_decode(indices, values, sae.W_dec, sae.b_dec, backend=backend)  # type: ignore[arg-type]
+    values, indices = kernels.topk_encode(x, sae.W_enc, sae.b_enc, k, norms, input_bias=sae.b_dec)
+    x_hat = kernels.sparse_decode(indices, values, sae.W_dec, sae.b_dec)
     return (x_hat - x).pow(2).sum(-1).mean()
 
 
@@ -172,7 +174,8 @@ def main() -> None:
     adam = timed(opt.step, args.warmup, args.iters, noop)
     opt.zero_grad(set_to_none=True)
     buf = torch.empty(args.batch, d_sae, dtype=dtype)
-    sparse_step = step_fn(sae, opt, lambda: sparse_loss(sae, x, args.k))
+    kernels = K.Kernels()
+    sparse_step = step_fn(sae, opt, lambda: sparse_loss(sae, kernels, x, args.k))
     fns: dict[str, Callable[[], object]] = {
         "GEMM x @ W_enc (floor)": lambda: x @ sae.W_enc,
         "GEMM into a buffer": lambda: torch.mm(x, sae.W_enc.detach(), out=buf),

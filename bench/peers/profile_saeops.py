@@ -25,7 +25,7 @@ from saeops.runtime.models import (  # noqa: E402
     LossContext,
     build_dictionary,
 )
-from saeops.runtime.train.trainer import Trainer, fire_stats  # noqa: E402
+from saeops.runtime.train.trainer import Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     Initializer(InitializerSpec(bias_init_method="geometric_median"), seed=common.SEED).initialize(
         model, sample
     )
-    trainer = Trainer(model, sae_spec, trainer_spec, hook_in=HOOK, hook_out=HOOK)
+    trainer = Trainer(model, trainer_spec)
     batches = [{HOOK: x} for x in data.batches()]
 
     for b in batches[: args.warmup]:
@@ -58,7 +58,7 @@ def main() -> None:
         step_s.append(time.perf_counter() - t)
         gemm_s.append(min(floor.gemm_seconds(reps=2, warmup=0)))
     # The same step split into phases (what Trainer.train_step does, minus its lr/bookkeeping).
-    ctx = LossContext.from_trainer_spec(trainer_spec, k=common.K, l1_coefficient=0.0, dead_mask=None)
+    ctx = LossContext(trainer_spec, k=common.K)
     phases = {"forward+loss": 0.0, "backward": 0.0, "optimizer": 0.0, "metrics": 0.0}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for b in batches[args.warmup + args.steps :]:
@@ -70,8 +70,8 @@ def main() -> None:
             t, phases["backward"] = time.perf_counter(), phases["backward"] + time.perf_counter() - t
             trainer.optimizer.step()
             t, phases["optimizer"] = time.perf_counter(), phases["optimizer"] + time.perf_counter() - t
-            l0, counts = fire_stats(out.acts, model.d_sae)
-            trainer.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach()})
+            counts = out.acts.fire_counts()
+            trainer.window.update(out.x_hat, out.target, out.acts.l0(), counts, {"total": out.loss.detach()})
             trainer.tracker.update(counts, common.BATCH)
             phases["metrics"] += time.perf_counter() - t
     split = ", ".join(f"{k} {v / args.steps * 1e3:.0f} ms" for k, v in phases.items())

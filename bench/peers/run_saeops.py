@@ -56,7 +56,7 @@ def main() -> None:
     model = build_dictionary(sae_spec, d_in=common.D_MODEL, d_out=common.D_MODEL)
     sample = data.train[: init_spec.init_tokens]
     Initializer(init_spec, seed=common.SEED).initialize(model, sample, sample)
-    trainer = Trainer(model, sae_spec, trainer_spec, hook_in=HOOK, hook_out=HOOK)
+    trainer = Trainer(model, trainer_spec)
     init_s = time.perf_counter() - t_init
 
     t0 = time.perf_counter()

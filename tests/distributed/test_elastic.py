@@ -15,7 +15,7 @@ import torch
 from saeops.api import load_resource
 from saeops.runtime.distributed import EXIT_PREEMPTED, PREEMPTED_MARKER
 from saeops.runtime.launch import run_resource
-from saeops.runtime.models import SparseDictionary
+from saeops.runtime.models import load_dictionary
 from tests.distributed.conftest import (
     PYTHON,
     assert_bitwise,
@@ -103,7 +103,7 @@ def test_tensor_parallel_run_saves_unsharded_and_resumes_on_one_process(cache: s
     a, b = weights(tp), weights(single)  # data=1: both read the same batches
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    loaded = SparseDictionary.load(tp)
+    loaded = load_dictionary(tp)
     assert loaded.W_dec.shape == (64, 16)
     # The tensor-parallel checkpoint continues in one process (a longer run of the same spec).
     longer = write_manifest(tmp_path / "more.json", manifest(tp, cache, steps=24))

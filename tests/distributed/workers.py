@@ -28,6 +28,8 @@ class SyntheticSource:
     """Rank r of w gets rows [r*B/w, (r+1)*B/w) of every global batch: together the ranks see
     exactly the batches a single process sees."""
 
+    lm = None
+
     def __init__(self, spec: Any, hooks: list[str], rank: int = 0, world_size: int = 1) -> None:
         self.hook, self.rank, self.world = hooks[0], rank, world_size
         self.batch = spec.trainer.batch_size
@@ -84,8 +86,8 @@ def tp_equal(out_path: str, data: int, tensor: int) -> None:
         torch.manual_seed(0)
         full = build_dictionary(sae, D, D)
         shard = ShardedSAE.from_full(full, ctx.tensor, data=ctx.data, batch_group=ctx.world)
-        ref = Trainer(full, sae, tr, hook_in="h", hook_out="h")
-        dist = Trainer(shard, sae, tr, hook_in="h", hook_out="h", comm=DistributedComm(ctx, shard))
+        ref = Trainer(full, tr)
+        dist = Trainer(shard, tr, comm=DistributedComm(ctx, shard))
         same_selection = True
         for step in range(tr.total_steps):
             x = global_batch(1, step, tr.batch_size)

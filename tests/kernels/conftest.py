@@ -14,6 +14,7 @@ import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import cast
 
 TEST_DEVICE = os.environ.get("SAEOPS_TEST_DEVICE", "cpu")
 if TEST_DEVICE == "cpu":
@@ -22,9 +23,10 @@ if TEST_DEVICE == "cpu":
 import pytest  # noqa: E402 (TRITON_INTERPRET first)
 import torch  # noqa: E402
 
-from saeops.kernels import _backend  # noqa: E402
+from saeops.kernels import Kernels  # noqa: E402
+from saeops.kernels.backend import Backend, triton_available  # noqa: E402
 
-HAS_TRITON = _backend.triton_available()
+HAS_TRITON = triton_available()
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 
 # Backends with their own kernels; "reference" is what they are compared against.
@@ -68,6 +70,11 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv("SAEOPS_CPU_EXT", "0")
         return "torch"
     return name
+
+
+def kernels_for(backend: str) -> Kernels:
+    """A fresh `Kernels` of the backend a test is parametrised with."""
+    return Kernels(cast(Backend, backend))
 
 
 def tolerances(dtype: torch.dtype) -> dict[str, float]:

@@ -1,42 +1,58 @@
-"""Backend resolution, dense <-> sparse conversion and the sparse-path switch."""
+"""Backend resolution, the Kernels object's caches, dense <-> sparse conversion and the
+sparse-path switch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
 
 import pytest
 import torch
 
 import saeops.kernels as K
-from saeops.kernels import _backend
+from saeops.kernels import backend
 
 
-@pytest.fixture
-def restore_config() -> Iterator[None]:
-    saved = (K.CONFIG.backend, K.CONFIG.use_triton_kernel)
-    yield
-    K.configure(*saved)
-
-
-def test_auto_is_torch_on_cpu(restore_config: None) -> None:
+def test_auto_is_torch_on_cpu() -> None:
     cpu = torch.device("cpu")
-    assert _backend.resolve(cpu, None, None) == "torch"
-    assert _backend.resolve(cpu, "auto", True) == "torch"  # Triton only for CUDA tensors
-    assert _backend.resolve(cpu, "reference", None) == "reference"
-    K.configure(backend="reference")
-    assert _backend.resolve(cpu, None, None) == "reference"
+    assert backend.resolve(cpu, "auto", False) == "torch"
+    assert backend.resolve(cpu, "auto", True) == "torch"  # Triton only for CUDA tensors
+    assert backend.resolve(cpu, "reference", False) == "reference"
+    assert K.Kernels("reference").primitives(cpu) is None
     with pytest.raises(ValueError):
-        K.configure(backend="cuda")  # type: ignore[arg-type]
+        K.Kernels("cuda")  # type: ignore[arg-type]
 
 
-def test_auto_picks_triton_on_cuda_when_wanted(restore_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_backend, "triton_available", lambda: True)
+def test_auto_picks_triton_on_cuda_when_wanted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "triton_available", lambda: True)
     cuda = torch.device("cuda")
-    assert _backend.resolve(cuda, None, None) == "torch"  # default mirrors use_triton_kernel=False
-    assert _backend.resolve(cuda, None, True) == "triton"
-    K.configure(use_triton_kernel=True)
-    assert _backend.resolve(cuda, None, None) == "triton"
-    assert _backend.resolve(cuda, None, False) == "torch"
+    assert backend.resolve(cuda, "auto", False) == "torch"  # the spec's useTritonKernel defaults to False
+    assert backend.resolve(cuda, "auto", True) == "triton"
+    assert backend.resolve(cuda, "torch", True) == "torch"
+
+
+def test_one_sort_per_step_shared_by_both_backwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The decoder and encoder backward of a step read the sort of the same indices tensor:
+    # the kernels object sorts once per step, and a new step's indices are sorted anew.
+    kernels = K.Kernels()
+    sorts = kernels.primitives(torch.device("cpu")).sorts  # type: ignore[union-attr]
+    calls = []
+    real = torch.argsort
+    monkeypatch.setattr(torch, "argsort", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    W_enc = torch.randn(16, 64, requires_grad=True)
+    W_dec = torch.randn(64, 16, requires_grad=True)
+    for step in range(2):
+        values, indices = kernels.topk_encode(torch.randn(8, 16), W_enc, torch.zeros(64), 4)
+        kernels.sparse_decode(indices, values, W_dec).sum().backward()
+        assert sorts.tensor is indices
+        assert len(calls) == step + 1
+
+
+def test_copies_do_not_share_caches() -> None:
+    kernels = K.Kernels("torch", use_triton=True)
+    kernels.workspace.get("scores", (2, 3), torch.float32, torch.device("cpu"))
+    twin = copy.deepcopy(kernels)
+    assert (twin.backend, twin.use_triton) == ("torch", True)
+    assert twin.workspace is not kernels.workspace and not twin.workspace.buffers
 
 
 def test_dense_to_sparse_roundtrip() -> None:
@@ -65,12 +81,8 @@ def test_should_use_sparse() -> None:
     assert not K.should_use_sparse(acts, threshold=0.99999)
     acts[1, :100] = 1.0
     assert not K.should_use_sparse(acts)
-    assert K.should_use_sparse(0.001)  # a density (fraction of nonzeros)
-    assert not K.should_use_sparse(0.01)
-    with pytest.raises(ValueError):
-        K.should_use_sparse(1.5)
 
 
 def test_sparse_decode_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
-        K.sparse_decode(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 4), torch.zeros(5, 4))
+        K.Kernels().sparse_decode(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 4), torch.zeros(5, 4))

@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from saeops.kernels import cpu_ext, torch_ops
+from saeops.kernels import cpu_ext
+from saeops.kernels.buffers import SortCache
+from saeops.kernels.torch_ops import TorchPrimitives
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,8 @@ def test_topk_bias_matches_torch(ext: ModuleType, dtype: torch.dtype, rows: int,
     values, indices = ext.topk_bias(scores, bias, k, members)
     assert values.dtype == dtype and indices.dtype == torch.int64 and values.shape == (rows, k)
     _same_topk(values, indices, scores + bias, k)
+    values, indices = ext.topk_bias(scores, None, k, members)  # no bias: the scores themselves
+    _same_topk(values, indices, scores, k)
 
 
 def test_topk_bias_ties_and_nans(ext: ModuleType) -> None:
@@ -69,7 +73,7 @@ def test_topk_bias_rejects_bad_arguments(ext: ModuleType) -> None:
 
 
 def _sorted(indices: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    return torch_ops._SORTS.get(indices, n)
+    return SortCache().get(indices, n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -98,6 +102,6 @@ def test_scatter_t_and_decode_backward_match_definitions(ext: ModuleType, dtype:
 def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAEOPS_CPU_EXT", "0")
     assert cpu_ext.module() is None
-    assert torch_ops.decode_backward(
+    assert TorchPrimitives().decode_backward(
         torch.zeros(2, 1, dtype=torch.int64), torch.ones(2, 1), torch.ones(2, 3), torch.ones(4, 3), True, True
     ) is None

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import saeops.kernels as K
-from tests.kernels.conftest import FAST_BACKENDS, tolerances
+from tests.kernels.conftest import FAST_BACKENDS, kernels_for, tolerances
 
 SHAPES = [(3, 1, 37, 53), (3, 5, 37, 53), (8, 4, 64, 32), (2, 9, 130, 17)]  # (B, k, d_model, d_sae)
 
@@ -27,7 +26,7 @@ def _grads(backend: str, indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: 
     for t in [*leaves, bias]:
         if t is not None:
             t.requires_grad_(True)
-    out = K.sparse_decode(indices, leaves[0], leaves[1], bias, backend=backend)  # type: ignore[arg-type]
+    out = kernels_for(backend).sparse_decode(indices, leaves[0], leaves[1], bias)  # type: ignore[arg-type]
     grad_out = torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype)
     out.backward(grad_out)
     return [out, leaves[0].grad, leaves[1].grad, None if bias is None else bias.grad]
@@ -89,12 +88,11 @@ def test_padding_is_harmless(backend: str) -> None:
 @pytest.mark.parametrize("backend", FAST_BACKENDS, indirect=True)
 def test_leading_dims_and_int32_indices(backend: str) -> None:
     indices, values, W_dec, b_dec = _problem(6, 4, 37, 53, torch.float32)
-    out = K.sparse_decode(
-        indices.view(2, 3, 4).to(torch.int32),
-        values.view(2, 3, 4),
+    out = kernels_for(backend).sparse_decode(  # type: ignore[arg-type]
+        indices.view(2, 3, 4).to(torch.int32),  # type: ignore[union-attr]
+        values.view(2, 3, 4),  # type: ignore[union-attr]
         W_dec,
         b_dec,
-        backend=backend,  # type: ignore[union-attr]
     )
-    ref = K.sparse_decode(indices, values, W_dec, b_dec, backend="reference")  # type: ignore[arg-type]
+    ref = kernels_for("reference").sparse_decode(indices, values, W_dec, b_dec)  # type: ignore[arg-type]
     torch.testing.assert_close(out, ref.view(2, 3, 37))

@@ -13,7 +13,7 @@ from torch import Tensor
 
 import saeops.kernels as K
 from saeops.kernels import select
-from tests.kernels.conftest import FAST_BACKENDS, tolerances
+from tests.kernels.conftest import FAST_BACKENDS, kernels_for, tolerances
 
 SHAPES = [(3, 1, 37, 53), (3, 5, 37, 53), (8, 4, 64, 32), (2, 9, 130, 17)]  # (B, k, d_in, d_sae)
 
@@ -31,10 +31,11 @@ def _problem(B: int, k: int, d: int, n: int, dtype: torch.dtype) -> dict[str, Te
 def _run(p: dict[str, Tensor], k: int, backend: str, batch: bool, scale: bool, bias: bool, x_grad: bool):
     leaves = {name: t.detach().clone().requires_grad_(name != "scale") for name, t in p.items()}
     leaves["x"].requires_grad_(x_grad)
-    fn = K.batchtopk_encode if batch else K.topk_encode
+    kernels = kernels_for(backend)
+    fn = kernels.batchtopk_encode if batch else kernels.topk_encode
     values, indices = fn(
         leaves["x"], leaves["W_enc"], leaves["b_enc"], k,
-        leaves["scale"] if scale else None, input_bias=leaves["bias"] if bias else None, backend=backend,
+        leaves["scale"] if scale else None, input_bias=leaves["bias"] if bias else None,
     )  # fmt: skip
     return values, indices, leaves
 
@@ -102,10 +103,10 @@ def test_encode_half(backend: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batchtopk"])
 def test_selection_matches_reference(backend: str, batch: bool) -> None:
     p = _problem(6, 5, 37, 53, torch.float32)
-    fn = K.batchtopk_encode if batch else K.topk_encode
+    fast, ref = kernels_for(backend), kernels_for("reference")
     for scale in (p["scale"], None):
-        v, i = fn(p["x"], p["W_enc"], p["b_enc"], 5, scale, backend=backend)
-        rv, ri = fn(p["x"], p["W_enc"], p["b_enc"], 5, scale, backend="reference")
+        v, i = (fast.batchtopk_encode if batch else fast.topk_encode)(p["x"], p["W_enc"], p["b_enc"], 5, scale)
+        rv, ri = (ref.batchtopk_encode if batch else ref.topk_encode)(p["x"], p["W_enc"], p["b_enc"], 5, scale)
         # Same (index, value) pairs per row, whatever the order inside the row.
         for row in range(6):
             got = {int(a): float(b) for a, b in zip(i[row], v[row], strict=True) if b != 0}
@@ -150,18 +151,31 @@ def test_nonpositive_scale_takes_unfused_path() -> None:
     _check("torch", p, 5, False, scale=True, bias=False, x_grad=True)
 
 
-def test_grouped_topk_is_exact() -> None:
+@pytest.mark.parametrize("ext", [True, False], ids=["cpp", "torch"])
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_topk_entry_point_is_exact(ext: bool, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The one selection: the C++ kernel where it is built, else the grouped torch top-k (wide
+    # rows), both against torch.topk; rows of ties may pick any of the tied entries.
+    if not ext:
+        monkeypatch.setenv("SAEOPS_CPU_EXT", "0")
     scores = torch.randn(5, 8192)
     scores[0, :] = 1.0  # all tied: any k of them is a valid answer
-    got = select.topk_indices(scores, 24)
-    want = scores.topk(24, dim=-1).indices
-    torch.testing.assert_close(scores.gather(1, got).sort(1).values, scores.gather(1, want).sort(1).values)
+    b = torch.randn(8192) if bias else None
+    full = scores if b is None else scores + b
+    if b is not None:
+        scores[0] = 1.0 - b  # still all tied once the bias is added
+        full = scores + b
+    values, got = select.topk(scores, 24, bias=b)
+    want = full.topk(24, dim=-1).indices
+    torch.testing.assert_close(full.gather(1, got).sort(1).values, full.gather(1, want).sort(1).values)
+    torch.testing.assert_close(values, full.gather(1, got))
     assert torch.equal(got[1:].sort(1).values, want[1:].sort(1).values)
 
 
 def test_k_larger_than_d_sae_and_bad_k() -> None:
     p = _problem(2, 5, 8, 6, torch.float32)
-    values, _indices = K.topk_encode(p["x"], p["W_enc"], p["b_enc"], 10)
+    kernels = K.Kernels()
+    values, _indices = kernels.topk_encode(p["x"], p["W_enc"], p["b_enc"], 10)
     assert values.shape == (2, 6)
     with pytest.raises(ValueError):
-        K.topk_encode(p["x"], p["W_enc"], p["b_enc"], 0)
+        kernels.topk_encode(p["x"], p["W_enc"], p["b_enc"], 0)

@@ -1,15 +1,14 @@
-"""The three sparse primitives of each backend against one-line torch definitions."""
+"""The sparse primitives of each backend against one-line torch definitions."""
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import pytest
 import torch
 from torch import Tensor
 
-from saeops.kernels import _backend
-from tests.kernels.conftest import FAST_BACKENDS, tolerances
+from saeops.kernels.backend import Primitives
+from saeops.kernels.torch_ops import TorchPrimitives
+from tests.kernels.conftest import FAST_BACKENDS, kernels_for, tolerances
 
 SHAPES = [(3, 1, 37, 53), (3, 5, 37, 53), (4, 7, 130, 20), (1, 33, 16, 64)]  # (B, k, d, n)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -39,8 +38,10 @@ def _inputs(B: int, k: int, d: int, n: int, dtype: torch.dtype) -> tuple[Tensor,
     return indices, weights, table, rows
 
 
-def _prims(name: str) -> ModuleType:
-    return _backend.primitives(name)
+def _prims(name: str) -> Primitives:
+    prims = kernels_for(name).primitives(torch.zeros(()).device)
+    assert prims is not None
+    return prims
 
 
 def _close(actual: Tensor, expected: Tensor, dtype: torch.dtype) -> None:
@@ -109,10 +110,9 @@ def test_gather_dot_fallback_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     from saeops.kernels import torch_ops
 
     indices, _, table, rows = _inputs(9, 5, 37, 53, torch.float32)
-    expected = torch_ops.gather_dot(indices, rows, table)
+    expected = TorchPrimitives().gather_dot(indices, rows, table)
     monkeypatch.setattr(torch_ops, "CHUNK_BYTES", 5 * 37 * 4 * 2)  # two rows per chunk
-    monkeypatch.setattr(torch_ops, "USE_FUSED_DOT", False)
-    torch.testing.assert_close(torch_ops.gather_dot(indices, rows, table), expected)
+    torch.testing.assert_close(TorchPrimitives(fused_dot=False).gather_dot(indices, rows, table), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -126,6 +126,6 @@ def test_transposed_scatter_matches_scatter(
     monkeypatch.setattr(torch_ops, "SCATTER_T_BLOCK", block)
     indices, weights, _table, rows = _inputs(9, 6, 33, 150, dtype)
     indices[0, :3] = 149  # duplicates into the last latent
-    out = torch_ops.scatter_sum_t(indices, weights, rows, 150, dtype)
+    out = TorchPrimitives().scatter_sum_t(indices, weights, rows, 150, dtype)
     assert out.shape == (33, 150) and out.is_contiguous() and out.dtype == dtype
     _close(out.t(), _naive_scatter_sum(indices, weights, rows, 150), dtype)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 import saeops.kernels as K
-from tests.kernels.conftest import FAST_BACKENDS
+from tests.kernels.conftest import FAST_BACKENDS, kernels_for
 
 D_MODEL, D_SAE, K_TOP, BATCH = 37, 53, 5, 6
 
@@ -38,8 +38,8 @@ def _dense_loss(p: dict[str, nn.Parameter], x: Tensor, batch: bool) -> Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
 
 
-def _sparse_loss(p: dict[str, nn.Parameter], x: Tensor, batch: bool, backend: str) -> Tensor:
-    encode = K.batchtopk_encode if batch else K.topk_encode
+def _sparse_loss(p: dict[str, nn.Parameter], x: Tensor, batch: bool, kernels: K.Kernels) -> Tensor:
+    encode = kernels.batchtopk_encode if batch else kernels.topk_encode
     values, indices = encode(
         x,
         p["W_enc"],
@@ -47,9 +47,8 @@ def _sparse_loss(p: dict[str, nn.Parameter], x: Tensor, batch: bool, backend: st
         K_TOP,
         p["W_dec"].detach().norm(dim=-1),
         input_bias=p["b_dec"],
-        backend=backend,
     )
-    x_hat = K.sparse_decode(indices, values, p["W_dec"], p["b_dec"], backend=backend)
+    x_hat = kernels.sparse_decode(indices, values, p["W_dec"], p["b_dec"])
     return (x_hat - x).pow(2).sum(-1).mean()
 
 
@@ -61,10 +60,11 @@ def test_training_steps_match_dense(backend: str, batch: bool) -> None:
     sparse = {n: nn.Parameter(t.clone()) for n, t in init.items()}
     opt_d = torch.optim.Adam(dense.values(), lr=1e-3)
     opt_s = torch.optim.Adam(sparse.values(), lr=1e-3)
+    kernels = kernels_for(backend)
     for _ in range(3):
         x = torch.randn(BATCH, D_MODEL)
         loss_d = _dense_loss(dense, x, batch)
-        loss_s = _sparse_loss(sparse, x, batch, backend)
+        loss_s = _sparse_loss(sparse, x, batch, kernels)
         torch.testing.assert_close(loss_s, loss_d, rtol=1e-5, atol=1e-5)
         opt_d.zero_grad()
         opt_s.zero_grad()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from saeops.api.training import DictionarySpec
+from saeops.api.training import DictionarySpec, TrainerSpec
 
 
 def make_spec(**overrides: Any) -> DictionarySpec:
@@ -15,6 +15,11 @@ def make_spec(**overrides: Any) -> DictionarySpec:
     base: dict[str, Any] = {"hook_point_in": "blocks.0.hook_resid_post", "expansion_factor": 4, "top_k": 4}
     base.update(overrides)
     return DictionarySpec(**base)
+
+
+def trainer_spec(**overrides: Any) -> TrainerSpec:
+    """A trainer spec whose loss settings `compute_loss` reads (`LossContext(trainer_spec(), ...)`)."""
+    return TrainerSpec(**{"total_training_tokens": 10_000, "batch_size": 100, **overrides})
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,12 @@ from saeops.runtime.models import (
     Initializer,
     LossContext,
     build_dictionary,
-    fold_dataset_norm,
     load_dictionary,
 )
 from saeops.runtime.models.clt import CrossLayerTranscoder
 from saeops.runtime.train.trainer import Trainer
 
-from .conftest import to_float64
+from .conftest import to_float64, trainer_spec
 
 L, D_IN, D_OUT, D_LAYER = 3, 6, 5, 8
 IN = [f"blocks.{i}.ln2.hook_out" for i in range(L)]
@@ -75,7 +74,7 @@ def test_no_feature_writes_to_an_earlier_layer(act_fn: str) -> None:
     dense = m.decode(acts.dense())
     assert torch.allclose(m.decode(acts), dense, atol=1e-4)
     # full_decoder_rows (used by Aux-K) is zero for targets before the feature's layer.
-    rows = m.full_decoder_rows(torch.tensor([D_LAYER + 1])).reshape(L, D_OUT)
+    rows = m.decoder_rows(torch.tensor([D_LAYER + 1])).reshape(L, D_OUT)
     assert torch.all(rows[0] == 0) and torch.equal(rows[1], m.W_dec[1][1, 1])
 
 
@@ -103,7 +102,7 @@ def test_gradcheck() -> None:
     randomise(m)
     x = torch.randn(3, L, D_IN, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, L, D_OUT, dtype=torch.float64)
-    ctx = LossContext(l1_coefficient=1e-2)
+    ctx = LossContext(trainer_spec(), l1_coefficient=1e-2)
     assert torch.autograd.gradcheck(lambda x_: m.compute_loss(x_, y, ctx).loss, (x,))
     w = m.W_dec[1].detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
@@ -133,7 +132,7 @@ def test_per_layer_metrics_save_load_and_fold(tmp_path) -> None:
     before = m(x)
     m.save(tmp_path)
     assert torch.allclose(load_dictionary(tmp_path)(x), before, atol=1e-5)
-    fold_dataset_norm(m)
+    m.fold_dataset_norm()
     assert torch.allclose(m(x), before, atol=1e-4)
 
 
@@ -143,7 +142,7 @@ def test_trainer_stacks_layers_and_reports_per_layer_metrics() -> None:
     W = torch.randn(L, D_IN, D_OUT)
     trainer = TrainerSpec(total_training_tokens=32 * 40, batch_size=32, lr=5e-3, log_frequency=20,
                           progress_bar=False, aux_k_coefficient=1 / 32)
-    t = Trainer(m, spec, trainer, hook_in=IN[0], hook_out=OUT[0])
+    t = Trainer(m, trainer)
 
     def batches():
         while True:

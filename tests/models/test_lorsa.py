@@ -13,13 +13,12 @@ from saeops.runtime.models import (
     Initializer,
     LossContext,
     build_dictionary,
-    fold_dataset_norm,
     load_dictionary,
 )
 from saeops.runtime.models.init_from_model import initialize_from_language_model
 from saeops.runtime.models.lorsa import LowRankSparseAttention
 
-from .conftest import to_float64
+from .conftest import to_float64, trainer_spec
 
 D, N_QK, D_QK, D_SAE = 8, 2, 4, 12
 
@@ -78,7 +77,7 @@ def test_gradcheck() -> None:
     randomise(m)
     x = torch.randn(2, 4, D, dtype=torch.float64, requires_grad=True)
     y = torch.randn(2, 4, D, dtype=torch.float64)
-    ctx = LossContext(l1_coefficient=1e-2)
+    ctx = LossContext(trainer_spec(), l1_coefficient=1e-2)
     assert torch.autograd.gradcheck(lambda x_: m.compute_loss(x_, y, ctx).loss, (x,))
     wq = m.W_Q.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(m, {"W_Q": w}, (x.detach(),)), (wq,))
@@ -118,7 +117,7 @@ def test_rotary_and_fold_and_save(tmp_path) -> None:
     before = m(x)
     m.save(tmp_path)
     assert torch.allclose(load_dictionary(tmp_path)(x), before, atol=1e-5)
-    fold_dataset_norm(m)
+    m.fold_dataset_norm()
     assert torch.allclose(m(x), before, atol=1e-4)
 
 

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+import saeops.kernels as K
+from saeops.runtime.models.activation import topk_select
 from saeops.runtime.models.losses import (
     aux_k_loss,
     jumprelu_lp_loss,
@@ -67,21 +69,20 @@ def test_aux_k_hand_computed() -> None:
     W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     residual = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
     target = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    kernels = K.Kernels()
     # k_aux = 1: token 0 picks latent 1 (2.0) -> e_hat (0, 2); token 1 picks latent 0 -> (0.5, 0)
+    e_hat = kernels.sparse_decode(*reversed(topk_select(dead_pre, 1)), W)
+    assert torch.equal(e_hat, torch.tensor([[0.0, 2.0], [0.5, 0.0]]))
     err = (0 - 1) ** 2 + (2 - 1) ** 2 + (0.5 - 0) ** 2 + (0 - 1) ** 2
     var = (1 + 1) + (1 + 1)  # target mean (1, 1)
     scale = min(3 / 1, 1.0)
-    got = aux_k_loss(dead_pre, W, residual, target, k_aux=1, coefficient=0.5)
+    got = aux_k_loss(e_hat, residual, target, n_dead=3, k_aux=1, coefficient=0.5)
     assert got.item() == pytest.approx(0.5 * scale * err / var)
-    # k_aux larger than the number of dead latents: scale n_dead / k_aux.
-    got6 = aux_k_loss(dead_pre, W, residual, target, k_aux=6, coefficient=1.0)
-    e_hat = torch.stack([1 * W[0] + 2 * W[1], 0.5 * W[0] + 0.2 * W[2]])
-    assert got6.item() == pytest.approx(0.5 * (e_hat - residual).pow(2).sum().item() / var)
-
-
-def test_aux_k_zero_without_dead_latents() -> None:
-    got = aux_k_loss(torch.zeros(4, 0), torch.zeros(0, 2), torch.ones(4, 2), torch.randn(4, 2), 2, 1.0)
-    assert got.item() == 0.0
+    # k_aux larger than the number of dead latents: all 3 are used, scaled by n_dead / k_aux.
+    e_hat3 = kernels.sparse_decode(*reversed(topk_select(dead_pre, 3)), W)
+    torch.testing.assert_close(e_hat3, torch.stack([1 * W[0] + 2 * W[1], 0.5 * W[0] + 0.2 * W[2]]))
+    got6 = aux_k_loss(e_hat3, residual, target, n_dead=3, k_aux=6, coefficient=1.0)
+    assert got6.item() == pytest.approx(0.5 * (e_hat3 - residual).pow(2).sum().item() / var)
 
 
 def test_default_sparsity_type() -> None:

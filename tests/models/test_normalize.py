@@ -13,7 +13,6 @@ from saeops.runtime.models import (
     LossContext,
     build_dictionary,
     compute_dataset_norm_factor,
-    fold_dataset_norm,
     load_dictionary,
 )
 
@@ -85,7 +84,7 @@ def test_folding_reproduces_dataset_wise_outputs(overrides: dict, tmp_path) -> N
     before = m(x)
     acts_before = m.encode(x).dense()
     assert before.abs().max() > 1
-    fold_dataset_norm(m)
+    m.fold_dataset_norm()
     assert m.spec.norm_activation == "inference" and float(m.norm_factor_in) == 1.0
     after = m(x)
     assert torch.allclose(after, before, atol=1e-5 * before.abs().max().item(), rtol=1e-5)
@@ -107,11 +106,11 @@ def test_folding_with_distinct_in_and_out_factors(use_glu_encoder: bool) -> None
     m.set_dataset_norm_factors(0.7, 1.3)
     x = _raw(32) / 5
     before = m(x)
-    fold_dataset_norm(m)
+    m.fold_dataset_norm()
     assert torch.allclose(m(x), before, atol=1e-5 * before.abs().max().item(), rtol=1e-5)
 
 
 def test_fold_requires_dataset_wise() -> None:
     m = build_dictionary(make_spec(norm_activation="token-wise"), D)
     with pytest.raises(ValueError, match="dataset-wise"):
-        fold_dataset_norm(m)
+        m.fold_dataset_norm()

@@ -8,19 +8,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeops.api.training import TrainerSpec
+import saeops.kernels as K
 from saeops.runtime.models import (
     DICTIONARIES,
     FeatureActs,
     LossContext,
     SparseAutoEncoder,
-    _ops,
     build_dictionary,
     load_dictionary,
 )
+from saeops.runtime.models.activation import topk_select
 from saeops.runtime.models.losses import aux_k_loss
 
-from .conftest import make_spec
+from .conftest import make_spec, trainer_spec
 
 D = 16
 
@@ -91,13 +91,14 @@ def test_sparse_and_dense_decode_agree() -> None:
 
 def test_ops_round_trip_and_padding() -> None:
     dense = torch.tensor([[0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
-    values, indices = _ops.dense_to_sparse(dense)
+    values, indices = K.dense_to_sparse(dense)
     assert values.shape[0] == 3 and values.shape[1] >= 2  # padded to at least the max row nnz
-    assert torch.equal(_ops.sparse_to_dense(values, indices, 4), dense)
+    assert torch.equal(K.sparse_to_dense(indices, values, 4), dense)
     W = torch.randn(4, 5)
-    assert torch.allclose(_ops.sparse_decode(indices, values, W, None), dense @ W, atol=1e-6)
+    assert torch.allclose(K.Kernels().sparse_decode(indices, values, W, None), dense @ W, atol=1e-6)
     acts = FeatureActs.from_dense(dense)
-    assert acts.fired().tolist() == [True, True, False, True]
+    assert acts.fire_counts().tolist() == [1, 1, 0, 1]
+    assert FeatureActs.from_sparse(values, indices, 4).fire_counts().tolist() == [1, 1, 0, 1]
     assert acts.l0().tolist() == [2.0, 0.0, 1.0]
 
 
@@ -108,46 +109,58 @@ def test_batchtopk_model_l0_and_grads() -> None:
     assert out.acts.l0().sum().item() == 4 * 32
     out.loss.backward()
     # Only latents that fired get encoder gradient (sparse backward).
-    fired = out.acts.fired()
+    fired = out.acts.fire_counts() > 0
     assert torch.all(m.W_enc.grad[:, ~fired] == 0) and m.W_enc.grad[:, fired].abs().sum() > 0
 
 
 def test_loss_terms_per_act_fn() -> None:
     x = torch.randn(16, D)
-    relu = build_dictionary(make_spec(act_fn="relu"), D).compute_loss(x, None, LossContext(l1_coefficient=0.1))
+    relu = build_dictionary(make_spec(act_fn="relu"), D).compute_loss(
+        x, None, LossContext(trainer_spec(), l1_coefficient=0.1))
     assert set(relu.terms) == {"mse", "sparsity", "l0"}
     assert relu.loss.item() == pytest.approx(relu.terms["mse"].item() + relu.terms["sparsity"].item(), rel=1e-5)
     jump = build_dictionary(make_spec(act_fn="jumprelu"), D).compute_loss(
-        x, None, LossContext(l1_coefficient=0.1, lp_coefficient=0.01, sparsity_loss_type="tanh-quad"))
+        x, None, LossContext(trainer_spec(lp_coefficient=0.01, sparsity_loss_type="tanh-quad"), l1_coefficient=0.1))
     assert set(jump.terms) == {"mse", "sparsity", "lp", "l0"}
-    topk = build_dictionary(make_spec(act_fn="topk"), D).compute_loss(x, None, LossContext(k=2))
+    topk = build_dictionary(make_spec(act_fn="topk"), D).compute_loss(x, None, LossContext(trainer_spec(), k=2))
     assert set(topk.terms) == {"mse", "l0"} and topk.terms["l0"].item() == 2
 
 
 def test_aux_k_in_model() -> None:
     m = build_dictionary(make_spec(act_fn="topk"), D)
     x = torch.randn(16, D)
-    none_dead = m.compute_loss(x, None, LossContext(aux_k_coefficient=1 / 32, dead_mask=torch.zeros(64, dtype=torch.bool)))
+    none_dead = m.compute_loss(x, None, LossContext(trainer_spec(aux_k_coefficient=1 / 32),
+                                                    dead_mask=torch.zeros(64, dtype=torch.bool)))
     assert none_dead.terms["aux_k"].item() == 0.0
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:10] = True
-    out = m.compute_loss(x, None, LossContext(aux_k_coefficient=1.0, k_aux=3, dead_mask=dead))
+    out = m.compute_loss(x, None, LossContext(trainer_spec(aux_k_coefficient=1.0, k_aux=3), dead_mask=dead))
     assert out.terms["aux_k"].item() > 0
     # The Aux-K term alone only trains the dead latents' decoder rows.
     m.zero_grad()
     x_n = x * m.input_factor(x)
     pre = m.centre(x_n) @ m.W_enc + m.b_enc
-    aux = aux_k_loss(pre[:, dead], m.W_dec[dead], torch.zeros(16, D), x_n, 3, 1.0)
+    values, indices = topk_select(pre[:, dead], 3)
+    e_hat = K.Kernels().sparse_decode(indices, values, m.W_dec[dead])
+    aux = aux_k_loss(e_hat, torch.zeros(16, D), x_n, 10, 3, 1.0)
     aux.backward()
     assert torch.all(m.W_dec.grad[~dead] == 0) and m.W_dec.grad[dead].abs().sum() > 0
 
 
-def test_loss_context_from_trainer_spec() -> None:
-    ts = TrainerSpec(total_training_tokens=10_000, batch_size=100, sparsity_loss_type="tanh", p=2.0,
-                     lp_coefficient=0.5, aux_k_coefficient=0.03, k_aux=7)
-    ctx = LossContext.from_trainer_spec(ts, k=5, l1_coefficient=0.2)
-    assert (ctx.k, ctx.l1_coefficient, ctx.sparsity_loss_type, ctx.p, ctx.lp_coefficient, ctx.k_aux) == (
-        5, 0.2, "tanh", 2.0, 0.5, 7)
+def test_loss_context_holds_the_trainer_spec() -> None:
+    # The trainer's static settings reach the loss through the spec; no trainer: MSE only.
+    ts = trainer_spec(sparsity_loss_type="tanh", tanh_stretch_coefficient=2.0, lp_coefficient=0.5)
+    m = build_dictionary(make_spec(act_fn="jumprelu"), D)
+    x = torch.randn(16, D)
+    out = m.compute_loss(x, None, LossContext(ts, l1_coefficient=0.2))
+    assert set(out.terms) == {"mse", "sparsity", "lp", "l0"}
+    dense = out.acts.dense()
+    expected = 0.2 * torch.tanh(2.0 * dense * m.decoder_norms()).sum(-1).mean()
+    assert out.terms["sparsity"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(m.compute_loss(x, None, LossContext(k=5)).terms) == {"mse", "l0"}
+    assert set(m.compute_loss(x, None, LossContext(sparsity_loss_type="none")).terms) == {"mse", "l0"}
+    with pytest.raises(ValueError, match="sparsityLossType"):
+        LossContext(ts, sparsity_loss_type="none")
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from saeops.runtime.models import LossContext, build_dictionary, fold_dataset_norm, load_dictionary
+from saeops.runtime.models import LossContext, build_dictionary, load_dictionary
 from saeops.runtime.models.transcoder import Transcoder
 
-from .conftest import make_spec, to_float64
+from .conftest import make_spec, to_float64, trainer_spec
 
 D_IN, D_OUT, D_SAE = 6, 5, 12
 
@@ -48,7 +48,7 @@ def test_gradcheck() -> None:
             p.normal_()
     x = torch.randn(3, D_IN, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, D_OUT, dtype=torch.float64)
-    ctx = LossContext(l1_coefficient=1e-2)
+    ctx = LossContext(trainer_spec(), l1_coefficient=1e-2)
     assert torch.autograd.gradcheck(lambda x_: m.compute_loss(x_, y, ctx).loss, (x,))
     assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(m, {"W_skip": w}, (x.detach(),)),
                                     (m.W_skip.detach().clone().requires_grad_(),))
@@ -72,7 +72,7 @@ def test_fold_and_save_load_roundtrip(tmp_path) -> None:
     m.save(tmp_path)
     loaded = load_dictionary(tmp_path)
     assert isinstance(loaded, Transcoder) and torch.allclose(loaded(x), before, atol=1e-5)
-    fold_dataset_norm(m)
+    m.fold_dataset_norm()
     assert torch.allclose(m(x), before, atol=1e-4)
 
 
@@ -86,7 +86,7 @@ def test_aux_k_and_training_reduce_loss() -> None:
     first = None
     for _ in range(150):
         x = torch.randn(64, D_IN)
-        out = m.compute_loss(x, torch.relu(x @ A), LossContext(k=3, aux_k_coefficient=1 / 32, dead_mask=dead))
+        out = m.compute_loss(x, torch.relu(x @ A), LossContext(trainer_spec(aux_k_coefficient=1 / 32), k=3, dead_mask=dead))
         assert "aux_k" in out.terms
         first = first if first is not None else float(out.terms["mse"])
         opt.zero_grad()

@@ -31,7 +31,7 @@ def train(seed: int = 0, steps: int = 400, act_fn: str = "topk") -> tuple[torch.
     Initializer(InitializerSpec(bias_init_method="geometric_median", grid_search_init_norm=True)).initialize(
         model, next(stream)["h"], None
     )
-    trainer = Trainer(model, sae, tr, hook_in="h", hook_out="h")
+    trainer = Trainer(model, tr)
     final = trainer.fit(stream)
     return model, final, trainer
 

@@ -1,6 +1,7 @@
 """Dense torch reference implementations: obviously correct, slow, autograd does the backward.
 
-They define the semantics the fast paths (`torch_ops`, `triton_ops`) are tested against.
+They define the semantics the fast paths (`torch_ops`, `triton_ops`) are tested against; the
+selection is `select`'s, tested against `torch.topk` on its own.
 """
 
 from __future__ import annotations
@@ -20,39 +21,25 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor 
     return out if b_dec is None else out + b_dec
 
 
-def _pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, input_bias: Tensor | None) -> Tensor:
+def encode(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    score_scale: Tensor | None,
+    input_bias: Tensor | None,
+    batch_topk: bool,
+) -> tuple[Tensor, Tensor]:
+    """TopK (per row) or BatchTopK (over the batch) of `pre = (x - input_bias) @ W_enc + b_enc`,
+    selected on `pre * score_scale`: `(relu(pre) at the selection, indices)`."""
     x_c = x if input_bias is None else x - input_bias
-    return x_c @ W_enc + b_enc
-
-
-def _scores(pre: Tensor, score_scale: Tensor | None) -> Tensor:
-    return pre.detach() if score_scale is None else pre.detach() * score_scale.detach()
-
-
-def topk_encode(
-    x: Tensor,
-    W_enc: Tensor,
-    b_enc: Tensor,
-    k: int,
-    score_scale: Tensor | None = None,
-    input_bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    pre = _pre(x, W_enc, b_enc, input_bias)
-    indices = _scores(pre, score_scale).topk(min(k, pre.shape[-1]), dim=-1).indices
+    pre = x_c @ W_enc + b_enc
+    scores = pre.detach() if score_scale is None else pre.detach() * score_scale.detach()
+    if batch_topk:
+        indices, keep = select.batchtopk(scores, pre.detach(), k)
+        return pre.relu().gather(1, indices) * keep, indices
+    indices = select.topk(scores, k)[1]
     return pre.relu().gather(1, indices), indices
-
-
-def batchtopk_encode(
-    x: Tensor,
-    W_enc: Tensor,
-    b_enc: Tensor,
-    k: int,
-    score_scale: Tensor | None = None,
-    input_bias: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    pre = _pre(x, W_enc, b_enc, input_bias)
-    indices, keep = select.batchtopk_indices(_scores(pre, score_scale), pre.detach(), k)
-    return pre.relu().gather(1, indices) * keep, indices
 
 
 def dense_to_sparse(acts: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,4 @@
-"""Triton kernels for the three sparse primitives (same contracts as `torch_ops`).
+"""Triton kernels for the sparse primitives (the contracts of `backend.Primitives`).
 
 - `gather_sum`: the decoder forward (and the encoder's input gradient): one program per
   (row, block of d) accumulates `BLOCK_K` gathered table rows at a time in fp32.
@@ -101,48 +101,62 @@ def _check(indices: Tensor, weights_or_rows: Tensor) -> tuple[Tensor, int, int]:
     return indices.to(torch.int64).contiguous(), indices.shape[0], indices.shape[1]
 
 
-def gather_sum(indices: Tensor, weights: Tensor, table: Tensor) -> Tensor:
-    """`[B, d]` weighted sum of gathered table rows, in the table's dtype."""
-    idx, B, K = _check(indices, weights)
-    D = table.shape[1]
-    out = torch.empty(B, D, dtype=table.dtype, device=table.device)
-    if B == 0 or D == 0:
+class TritonPrimitives:
+    """The Triton backend (stateless: the atomics need no sort)."""
+
+    def gather_sum(self, indices: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+        """`[B, d]` weighted sum of gathered table rows, in the table's dtype."""
+        idx, B, K = _check(indices, weights)
+        D = table.shape[1]
+        out = torch.empty(B, D, dtype=table.dtype, device=table.device)
+        if B == 0 or D == 0:
+            return out
+        block_k, block_d = _blocks(K, D)
+        grid = (B, triton.cdiv(D, block_d))
+        _gather_sum_kernel[grid](
+            idx, weights.contiguous(), table, out, K, D, table.stride(0), table.stride(1),
+            BLOCK_K=block_k, BLOCK_D=block_d,
+        )  # fmt: skip
         return out
-    block_k, block_d = _blocks(K, D)
-    grid = (B, triton.cdiv(D, block_d))
-    _gather_sum_kernel[grid](
-        idx, weights.contiguous(), table, out, K, D, table.stride(0), table.stride(1),
-        BLOCK_K=block_k, BLOCK_D=block_d,
-    )  # fmt: skip
-    return out
 
-
-def gather_dot(indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
-    """`[B, k]` dot products of each row with its gathered table rows."""
-    idx, B, K = _check(indices, rows)
-    D = table.shape[1]
-    out = torch.empty(B, K, dtype=table.dtype, device=table.device)
-    if B == 0 or K == 0:
+    def gather_dot(self, indices: Tensor, rows: Tensor, table: Tensor) -> Tensor:
+        """`[B, k]` dot products of each row with its gathered table rows."""
+        idx, B, K = _check(indices, rows)
+        D = table.shape[1]
+        out = torch.empty(B, K, dtype=table.dtype, device=table.device)
+        if B == 0 or K == 0:
+            return out
+        block_k, block_d = _blocks(K, D)
+        grid = (B, triton.cdiv(K, block_k))
+        _gather_dot_kernel[grid](
+            idx, rows.contiguous(), table, out, K, D, table.stride(0), table.stride(1),
+            BLOCK_K=block_k, BLOCK_D=block_d,
+        )  # fmt: skip
         return out
-    block_k, block_d = _blocks(K, D)
-    grid = (B, triton.cdiv(K, block_k))
-    _gather_dot_kernel[grid](
-        idx, rows.contiguous(), table, out, K, D, table.stride(0), table.stride(1),
-        BLOCK_K=block_k, BLOCK_D=block_d,
-    )  # fmt: skip
-    return out
 
-
-def scatter_sum(indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
-    """`[n, d]` fp32 sum of weighted rows into their indices' slots (atomics)."""
-    idx, B, K = _check(indices, weights)
-    D = rows.shape[1]
-    out = torch.zeros(n, D, dtype=torch.float32, device=rows.device)
-    if B == 0 or K == 0 or D == 0:
+    def scatter_sum(self, indices: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+        """`[n, d]` fp32 sum of weighted rows into their indices' slots (atomics)."""
+        idx, B, K = _check(indices, weights)
+        D = rows.shape[1]
+        out = torch.zeros(n, D, dtype=torch.float32, device=rows.device)
+        if B == 0 or K == 0 or D == 0:
+            return out
+        block_k, block_d = _blocks(K, D)
+        grid = (B, triton.cdiv(D, block_d))
+        _scatter_sum_kernel[grid](
+            idx, weights.contiguous(), rows.contiguous(), out, K, D, BLOCK_K=block_k, BLOCK_D=block_d
+        )
         return out
-    block_k, block_d = _blocks(K, D)
-    grid = (B, triton.cdiv(D, block_d))
-    _scatter_sum_kernel[grid](
-        idx, weights.contiguous(), rows.contiguous(), out, K, D, BLOCK_K=block_k, BLOCK_D=block_d
-    )
-    return out
+
+    def scatter_sum_t(self, indices: Tensor, weights: Tensor, rows: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+        """`scatter_sum` as a transposed `[d, n]` view (autograd lays it out as the parameter)."""
+        return self.scatter_sum(indices, weights, rows, n).to(dtype).t()
+
+    def decode_backward(
+        self, indices: Tensor, values: Tensor, grad_out: Tensor, W_dec: Tensor, need_values: bool, need_weight: bool
+    ) -> tuple[Tensor | None, Tensor | None] | None:
+        """No fused form: the decoder backward uses `gather_dot` and `scatter_sum`."""
+        return None
+
+
+__all__ = ["TritonPrimitives"]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from saeops.api import DatasetSpec, OutputSpec, SAETrainingRun, SpecError
+from saeops.runtime.lm import UnknownHookPointError
+from saeops.runtime.storage import StorageError, open_storage
 
 log = logging.getLogger("saeops.run")
 
@@ -36,8 +38,6 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def open_output(out: OutputSpec) -> Any:
     """Open and probe the output location before any work (a bad one is an input error)."""
-    from saeops.runtime.storage import StorageError, open_storage
-
     try:
         storage = open_storage(out.storage_uri, endpoint_url=out.endpoint_url, region=out.region,
                                path_style=out.force_path_style or None)
@@ -56,8 +56,6 @@ def check_dataset_path(ds: DatasetSpec | None) -> None:
 
 def check_hook_points(lm: Any, run: SAETrainingRun) -> None:
     """Every hook point the dictionary reads or writes exists in the model (did-you-mean on error)."""
-    from saeops.runtime.lm import UnknownHookPointError
-
     try:
         lm.check_hook_points(run.spec.sae.hook_points())
     except UnknownHookPointError as e:

@@ -1,7 +1,7 @@
 // CPU kernels for the sparse TopK path, compiled on first use by saeops.kernels.cpu_ext.
 //
 // topk_bias(scores, bias, k): per row, the k largest of `scores[b, :] + bias` (values and
-// indices, unordered). The encoder GEMM then needs no bias pass over the [B, d_sae] matrix,
+// indices, unordered; `bias` may be None). The encoder GEMM then needs no bias pass over the [B, d_sae] matrix,
 // and the selection reads each row from memory once instead of in four torch passes:
 //   1. group maxima: the row as `members` strided slices of width W = n / members, maxed
 //      elementwise (group c = {c, c + W, ...}; vectorised, one sequential read of the row);
@@ -70,10 +70,20 @@ bool nan_last_greater(const std::pair<T, int64_t>& a, const std::pair<T, int64_t
   return a.first > b.first;
 }
 
-template <typename T>
+// Element j of a row plus its bias (no bias: the element itself, with no extra add).
+template <typename T, bool HasBias>
+inline T biased(const T* row, const T* bias, int64_t j) {
+  if constexpr (HasBias) {
+    return row[j] + bias[j];
+  } else {
+    return row[j];
+  }
+}
+
+template <typename T, bool HasBias>
 void full_row(const T* row, const T* bias, int64_t n, int64_t k, T* out_v, int64_t* out_i, Scratch<T>& sc) {
   sc.cand.clear();
-  for (int64_t j = 0; j < n; ++j) sc.cand.emplace_back(row[j] + bias[j], j);
+  for (int64_t j = 0; j < n; ++j) sc.cand.emplace_back(biased<T, HasBias>(row, bias, j), j);
   std::nth_element(sc.cand.begin(), sc.cand.begin() + (k - 1), sc.cand.end(), nan_last_greater<T>);
   for (int64_t t = 0; t < k; ++t) {
     out_v[t] = sc.cand[t].first;
@@ -81,17 +91,17 @@ void full_row(const T* row, const T* bias, int64_t n, int64_t k, T* out_v, int64
   }
 }
 
-template <typename T>
+template <typename T, bool HasBias>
 void topk_row(const T* row, const T* bias, int64_t n, int64_t k, int64_t members, T* out_v, int64_t* out_i,
               Scratch<T>& sc) {
   const int64_t W = n / members;
   T* gm = sc.gm.data();
-  for (int64_t c = 0; c < W; ++c) gm[c] = row[c] + bias[c];
+  for (int64_t c = 0; c < W; ++c) gm[c] = biased<T, HasBias>(row, bias, c);
   for (int64_t m = 1; m < members; ++m) {
     const T* r = row + m * W;
-    const T* b = bias + m * W;
+    const T* b = HasBias ? bias + m * W : nullptr;
     for (int64_t c = 0; c < W; ++c) {
-      const T v = r[c] + b[c];
+      const T v = biased<T, HasBias>(r, b, c);
       gm[c] = gm[c] < v ? v : gm[c];
     }
   }
@@ -106,7 +116,7 @@ void topk_row(const T* row, const T* bias, int64_t n, int64_t k, int64_t members
   auto count_ge = [&](T t) { return ::count_ge(gm, W, t); };
   // Every group maximum is >= lo unless one is NaN: then the row takes the exact path.
   if (std::isnan(lo) || std::isnan(hi) || count_ge(lo) != W) {
-    full_row(row, bias, n, k, out_v, out_i, sc);
+    full_row<T, HasBias>(row, bias, n, k, out_v, out_i, sc);
     return;
   }
   for (int it = 0; it < 40 && lo < hi; ++it) {
@@ -124,15 +134,22 @@ void topk_row(const T* row, const T* bias, int64_t n, int64_t k, int64_t members
 
   sc.cand.clear();
   auto take = [&](int64_t j) {
-    const T v = row[j] + bias[j];
+    const T v = biased<T, HasBias>(row, bias, j);
     if (v >= thr) sc.cand.emplace_back(v, j);
   };
   if constexpr (std::is_same_v<T, float>) {
     // The row is in L2 after pass 1: a vectorised scan, 16 elements per test.
     const v8f tv = {thr, thr, thr, thr, thr, thr, thr, thr};
+    auto load = [&](int64_t j) {
+      if constexpr (HasBias) {
+        return load8(row + j) + load8(bias + j);
+      } else {
+        return load8(row + j);
+      }
+    };
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-      const v8i m = (load8(row + j) + load8(bias + j) >= tv) | (load8(row + j + 8) + load8(bias + j + 8) >= tv);
+      const v8i m = (load(j) >= tv) | (load(j + 8) >= tv);
       if (any_lane(m)) {
         for (int64_t t = 0; t < 16; ++t) take(j + t);
       }
@@ -147,7 +164,7 @@ void topk_row(const T* row, const T* bias, int64_t n, int64_t k, int64_t members
     }
   }
   if (static_cast<int64_t>(sc.cand.size()) < k) {  // cannot happen; kept as a safety net
-    full_row(row, bias, n, k, out_v, out_i, sc);
+    full_row<T, HasBias>(row, bias, n, k, out_v, out_i, sc);
     return;
   }
   std::nth_element(sc.cand.begin(), sc.cand.begin() + (k - 1), sc.cand.end(), nan_last_greater<T>);
@@ -155,6 +172,23 @@ void topk_row(const T* row, const T* bias, int64_t n, int64_t k, int64_t members
     out_v[t] = sc.cand[t].first;
     out_i[t] = sc.cand[t].second;
   }
+}
+
+template <typename T, bool HasBias>
+void topk_rows(const T* s, const T* b, int64_t B, int64_t n, int64_t k, int64_t members, bool grouped, T* v,
+               int64_t* ix) {
+  at::parallel_for(0, B, 16, [&](int64_t r0, int64_t r1) {
+    Scratch<T> sc;
+    sc.gm.resize(grouped ? n / members : 0);
+    sc.cand.reserve(grouped ? 8 * k : n);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (grouped) {
+        topk_row<T, HasBias>(s + r * n, b, n, k, members, v + r * k, ix + r * k, sc);
+      } else {
+        full_row<T, HasBias>(s + r * n, b, n, k, v + r * k, ix + r * k, sc);
+      }
+    }
+  });
 }
 
 // Vector loops live outside the dispatch macros (a #pragma cannot sit in a macro argument).
@@ -174,13 +208,17 @@ inline T dot(const T* __restrict x, const T* __restrict y, int64_t d) {
 
 }  // namespace
 
-std::vector<torch::Tensor> topk_bias(const torch::Tensor& scores, const torch::Tensor& bias, int64_t k,
-                                     int64_t members) {
-  TORCH_CHECK(scores.device().is_cpu() && bias.device().is_cpu(), "topk_bias runs on CPU tensors");
+std::vector<torch::Tensor> topk_bias(const torch::Tensor& scores, const c10::optional<torch::Tensor>& bias,
+                                     int64_t k, int64_t members) {
+  TORCH_CHECK(scores.device().is_cpu(), "topk_bias runs on CPU tensors");
   TORCH_CHECK(scores.dim() == 2 && scores.is_contiguous(), "scores must be a contiguous [B, n] tensor");
-  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == scores.size(1) && bias.is_contiguous(),
-              "bias must be a contiguous [n] tensor");
-  TORCH_CHECK(scores.scalar_type() == bias.scalar_type(), "scores and bias dtypes differ");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    TORCH_CHECK(bias->device().is_cpu(), "topk_bias runs on CPU tensors");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == scores.size(1) && bias->is_contiguous(),
+                "bias must be a contiguous [n] tensor");
+    TORCH_CHECK(scores.scalar_type() == bias->scalar_type(), "scores and bias dtypes differ");
+  }
   const int64_t B = scores.size(0), n = scores.size(1);
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, n]");
   TORCH_CHECK(members >= 1, "members must be >= 1");
@@ -190,21 +228,13 @@ std::vector<torch::Tensor> topk_bias(const torch::Tensor& scores, const torch::T
   auto indices = torch::empty({B, k}, scores.options().dtype(torch::kLong));
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "topk_bias", [&] {
     const scalar_t* s = scores.data_ptr<scalar_t>();
-    const scalar_t* b = bias.data_ptr<scalar_t>();
     scalar_t* v = values.data_ptr<scalar_t>();
     int64_t* ix = indices.data_ptr<int64_t>();
-    at::parallel_for(0, B, 16, [&](int64_t r0, int64_t r1) {
-      Scratch<scalar_t> sc;
-      sc.gm.resize(grouped ? n / members : 0);
-      sc.cand.reserve(grouped ? 8 * k : n);
-      for (int64_t r = r0; r < r1; ++r) {
-        if (grouped) {
-          topk_row(s + r * n, b, n, k, members, v + r * k, ix + r * k, sc);
-        } else {
-          full_row(s + r * n, b, n, k, v + r * k, ix + r * k, sc);
-        }
-      }
-    });
+    if (has_bias) {
+      topk_rows<scalar_t, true>(s, bias->data_ptr<scalar_t>(), B, n, k, members, grouped, v, ix);
+    } else {
+      topk_rows<scalar_t, false>(s, nullptr, B, n, k, members, grouped, v, ix);
+    }
   });
   return {values, indices};
 }
@@ -304,7 +334,7 @@ std::vector<torch::Tensor> decode_backward(const torch::Tensor& order, const tor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("topk_bias", &topk_bias, "per-row top-k of scores + bias: (values, indices)");
+  m.def("topk_bias", &topk_bias, "per-row top-k of scores (+ bias): (values, indices)");
   m.def("scatter_t", &scatter_t, "latent-sorted weighted row sums, written as [d, n]");
   m.def("decode_backward", &decode_backward, "sparse decoder backward: (g_values, g_W_dec)");
 }

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from saeops.runtime.analysis.topn import StreamingTopK, sparse_candidates
+from saeops.runtime.models import SparseAutoEncoder, SparseDictionary
 
 PAD_TOKEN = -1
 """Token id of context slots that fall outside the window."""
-CONTEXT_FIELDS = ("value", "window", "position", "tokens", "acts")
 SUPPORTED_KINDS = ("sae", "transcoder")
 
 
@@ -137,7 +137,7 @@ def token_strings(lm: Any, ids: Iterable[int]) -> dict[int, str]:
 
 
 @torch.no_grad()
-def logit_effects(lm: Any, model: Any, features: Tensor, k: int = 10, chunk: int = 512) -> dict[str, Tensor] | None:
+def logit_effects(lm: Any, model: SparseAutoEncoder, features: Tensor, k: int = 10, chunk: int = 512) -> dict[str, Tensor] | None:
     """Top/bottom `k` output tokens of each feature's decoder row through W_U (`W_dec @ W_U`,
     the direct effect, ignoring the final layer norm). None when the model has no unembedding
     or the decoder does not write to the residual width."""
@@ -194,7 +194,7 @@ class _Stats:
         self.hist.index_add_(0, cols * self.bins + bins, torch.ones_like(cols))
 
 
-def _entries(model: Any, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _entries(model: SparseDictionary, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Active entries `(row, feature, value)` of `x (rows, d)` on rows where `mask` is set."""
     fa = model.encode(x)
     if fa.is_sparse:
@@ -207,25 +207,26 @@ def _entries(model: Any, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tenso
     return rows, cols, dense[rows, cols].float()
 
 
-def _check_model(model: Any) -> str:
-    kind = getattr(model.spec, "type", "sae")
-    if kind not in SUPPORTED_KINDS:
-        raise AnalysisError(f"spec.sae.type: analysis supports {', '.join(SUPPORTED_KINDS)}, not {kind}")
-    return str(model.spec.hook_point_in)
+def check_model(model: SparseDictionary) -> SparseAutoEncoder:
+    """The dictionary, if analysis and interventions support its kind (one decoder row per feature)."""
+    if not isinstance(model, SparseAutoEncoder):
+        raise AnalysisError(f"spec.sae.type: analysis supports {', '.join(SUPPORTED_KINDS)}, not {model.spec.type}")
+    return model
 
 
 @torch.no_grad()
-def analyze(lm: Any, model: Any, stream_windows: Iterable[dict[str, Tensor]], *, top_n: int = 16,
+def analyze(lm: Any, model: SparseDictionary, stream_windows: Iterable[dict[str, Tensor]], *, top_n: int = 16,
             n_weak: int = 8, context_radius: int = 8, max_features: int | None = None,
             tokens: int | None = None, bins: int = 32, seed: int = 0) -> AnalysisResult:
     """Summarise every feature over `stream_windows` (`ActivationStream.iter_windows()`
     batches: `{hook: (B, T, d), "tokens", "mask", "windows", ...}`), stopping once `tokens`
     kept tokens were read (None: the whole stream). Contexts are kept for the first
     `max_features` features (None: all); statistics cover all features."""
-    hook = _check_model(model)
+    sae = check_model(model)
+    hook = str(sae.spec.hook_point_in)
     d_sae = int(model.d_sae)
     n_feat = d_sae if max_features is None else min(max_features, d_sae)
-    device = model.W_dec.device
+    device = sae.W_dec.device
     width = 2 * context_radius + 1
     shapes = {"value": ((), torch.float32), "window": ((), torch.int64), "position": ((), torch.int64),
               "tokens": ((width,), torch.int64), "acts": ((width,), torch.float32)}
@@ -269,7 +270,7 @@ def analyze(lm: Any, model: Any, stream_windows: Iterable[dict[str, Tensor]], *,
     top_fields["value"] = torch.where(top.valid.cpu(), top_fields["value"], 0.0)
     weak_fields = _weak_sample(pool, top_fields, n_weak, context)
     feats = torch.arange(n_feat)
-    logits = logit_effects(lm, model, feats)
+    logits = logit_effects(lm, sae, feats)
     ids = torch.cat([top_fields["tokens"].flatten(), weak_fields["tokens"].flatten()])
     if logits is not None:
         ids = torch.cat([ids, logits["top_ids"].flatten(), logits["bottom_ids"].flatten()])
@@ -277,7 +278,7 @@ def analyze(lm: Any, model: Any, stream_windows: Iterable[dict[str, Tensor]], *,
     edges = stats.edges if stats.edges is not None else _log_edges(1.0, bins)
     meta = {"tokens": stats.tokens, "windows": n_windows, "context_size": context, "top_n": top_n,
             "n_weak": n_weak, "context_radius": context_radius, "d_sae": d_sae, "hook_point": hook,
-            "kind": getattr(model.spec, "type", "sae"), "model": getattr(lm.spec, "name", "?"),
+            "kind": model.spec.type, "model": getattr(lm.spec, "name", "?"),
             "bins": bins}
     return AnalysisResult(
         meta=meta, features=feats, count=count, frequency=count.double() / stats.tokens,

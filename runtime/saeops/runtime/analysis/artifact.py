@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from saeops.runtime.analysis.analyze import AnalysisResult
+from saeops.runtime.storage import open_storage
 
 TENSORS = "features.safetensors"
 META = "analysis.json"
@@ -34,8 +36,6 @@ def to_tensors(result: AnalysisResult) -> dict[str, torch.Tensor]:
 def save_analysis(result: AnalysisResult, storage: Any) -> dict[str, str]:
     """Write both files into `storage` (a Storage opened at the analysis directory); the JSON
     goes last so its presence means the artifact is complete. Returns their URIs."""
-    from safetensors.torch import save_file
-
     with tempfile.TemporaryDirectory(prefix="saeops-analysis-") as tmp:
         path = str(Path(tmp) / TENSORS)
         save_file(to_tensors(result), path, metadata={"format": "saeops-analysis", "version": str(FORMAT_VERSION)})
@@ -48,10 +48,6 @@ def save_analysis(result: AnalysisResult, storage: Any) -> dict[str, str]:
 
 def load_analysis(uri: str) -> AnalysisResult:
     """Load an analysis from its directory URI (or from the run's, whose `analysis/` holds it)."""
-    from safetensors.torch import load_file
-
-    from saeops.runtime.storage import open_storage
-
     storage = open_storage(uri)
     if not storage.exists(META) and storage.exists(f"analysis/{META}"):
         storage = storage.child("analysis")

@@ -17,9 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from saeops.api import SAETrainingRun
 from saeops.runtime.analysis.analyze import AnalysisError, AnalysisResult, analyze
 from saeops.runtime.analysis.artifact import save_analysis
 from saeops.runtime.analysis.report import render_report
+from saeops.runtime.data import ActivationStream
+from saeops.runtime.lm import load_language_model
+from saeops.runtime.models import load_dictionary
+from saeops.runtime.storage import StorageError, open_storage
 
 log = logging.getLogger("saeops.analysis")
 REPORT = "report.html"
@@ -28,8 +33,6 @@ ANALYSIS_DIR = "analysis"
 
 def _load_run(storage: Any) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
     """(dictionary, config.json, metrics.json or None) of the run stored in `storage`."""
-    from saeops.runtime.models import load_dictionary
-
     with tempfile.TemporaryDirectory(prefix="saeops-analyze-") as tmp:
         for name in ("config.json", "sae.safetensors"):
             storage.get_file(name, str(Path(tmp) / name))
@@ -55,11 +58,6 @@ def analyze_run(output_uri: str, tokens: int = 65536, top_n: int = 16, max_featu
     The training job calls this after training when `spec.analysis.enabled`, passing its
     already opened `storage` (which carries the run's S3 endpoint/region settings).
     """
-    from saeops.api import SAETrainingRun
-    from saeops.runtime.data import ActivationStream
-    from saeops.runtime.lm import load_language_model
-    from saeops.runtime.storage import open_storage
-
     start = time.monotonic()
     storage = storage if storage is not None else open_storage(output_uri)
     out = open_storage(out_uri) if out_uri else storage.child(ANALYSIS_DIR)
@@ -95,8 +93,6 @@ def main_analyze(argv: list[str] | None = None) -> int:
     if args.tokens < 1 or args.top_n < 1 or (args.max_features is not None and args.max_features < 1):
         print("saeops analyze: --tokens, --top-n and --max-features must be >= 1", file=sys.stderr)
         return 2
-    from saeops.runtime.storage import StorageError
-
     try:
         uri = analyze_run(args.run, args.tokens, args.top_n, args.max_features, out_uri=args.out,
                           device=args.device)

@@ -16,33 +16,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeops.runtime.analysis.analyze import SUPPORTED_KINDS, AnalysisError
+from saeops.runtime.analysis.analyze import AnalysisError, check_model
+from saeops.runtime.models import SparseAutoEncoder, SparseDictionary
 
 
-def _check(model: Any, feature: int) -> None:
-    kind = getattr(model.spec, "type", "sae")
-    if kind not in SUPPORTED_KINDS:
-        raise AnalysisError(f"spec.sae.type: interventions support {', '.join(SUPPORTED_KINDS)}, not {kind}")
-    if not 0 <= feature < model.d_sae:
-        raise AnalysisError(f"feature {feature} is outside 0..{model.d_sae - 1}")
+def _check(model: SparseDictionary, feature: int) -> SparseAutoEncoder:
+    sae = check_model(model)
+    if not 0 <= feature < sae.d_sae:
+        raise AnalysisError(f"feature {feature} is outside 0..{sae.d_sae - 1}")
+    return sae
 
 
-def _raw_scale(model: Any, x_in: Tensor) -> Tensor:
+def _raw_scale(model: SparseDictionary, x_in: Tensor) -> Tensor:
     """Divisor taking the dictionary's normalised output space to raw activations (per token)."""
     if model.spec.norm_activation in ("dataset-wise", "inference"):
         return model.norm_factor_out.to(x_in.dtype)
     return model.input_factor(x_in).to(x_in.dtype)
 
 
-def feature_direction(model: Any, feature: int, x: Tensor) -> Tensor:
+def feature_direction(model: SparseDictionary, feature: int, x: Tensor) -> Tensor:
     """`W_dec[feature]` in raw units for the activations `x (rows, d)`: `(rows or 1, d)`."""
-    _check(model, feature)
-    row = model.W_dec[feature].to(x.device, x.dtype)
-    return row / _raw_scale(model, x)
+    sae = _check(model, feature)
+    row = sae.W_dec[feature].to(x.device, x.dtype)
+    return row / _raw_scale(sae, x)
 
 
 @torch.no_grad()
-def steer(lm: Any, model: Any, tokens: Tensor, feature: int, strength: float, hook_point: str | None = None,
+def steer(lm: Any, model: SparseDictionary, tokens: Tensor, feature: int, strength: float, hook_point: str | None = None,
           attention_mask: Tensor | None = None) -> Tensor:
     """Output with `strength * W_dec[feature]` (in raw units) added at every position of
     `hook_point` (default: the dictionary's output hook). Strength 0 changes nothing."""
@@ -60,7 +60,7 @@ def steer(lm: Any, model: Any, tokens: Tensor, feature: int, strength: float, ho
     return lm.forward_with_replacement(tokens, hook, add, attention_mask)
 
 
-def _ablation_delta(model: Any, x_in: Tensor, feature: int) -> Tensor:
+def _ablation_delta(model: SparseDictionary, x_in: Tensor, feature: int) -> Tensor:
     """Raw change of the reconstruction when `feature` is zeroed: `decode(f') - decode(f)`.
 
     Splicing `x_out + delta` equals `reconstruction(f') + (x_out - reconstruction(f))`, i.e.
@@ -83,7 +83,7 @@ def _ablation_delta(model: Any, x_in: Tensor, feature: int) -> Tensor:
 
 
 @torch.no_grad()
-def ablate(lm: Any, model: Any, tokens: Tensor, feature: int, hook_point: str | None = None,
+def ablate(lm: Any, model: SparseDictionary, tokens: Tensor, feature: int, hook_point: str | None = None,
            attention_mask: Tensor | None = None) -> Tensor:
     """Output with `feature` zeroed: the activation at the dictionary's output hook (or
     `hook_point`) becomes the reconstruction without the feature plus the error term.

@@ -14,6 +14,10 @@ from typing import Any
 import torch
 
 from saeops.api import ActivationCache, SpecError
+from saeops.runtime.cache import CacheWriter, format_inspection, inspect_cache
+from saeops.runtime.data import ActivationStream, dataset_identity, load_text_dataset
+from saeops.runtime.lm import load_language_model
+from saeops.runtime.runner import check_dataset_path, open_output
 
 log = logging.getLogger("saeops.cache")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -37,11 +41,6 @@ def _rows(stream: Any, skip: int) -> Iterator[dict[str, torch.Tensor]]:
 
 def generate_cache(res: ActivationCache, *, progress: bool = True) -> str:
     """Write (or finish) the cache; returns a one-paragraph summary."""
-    from saeops.runtime.cache import CacheWriter, format_inspection, inspect_cache
-    from saeops.runtime.data import ActivationStream, dataset_identity, load_text_dataset
-    from saeops.runtime.lm import load_language_model
-    from saeops.runtime.runner import check_dataset_path, open_output
-
     spec = res.spec
     storage = open_output(spec.output)
     check_dataset_path(spec.dataset)

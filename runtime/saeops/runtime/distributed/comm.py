@@ -14,14 +14,18 @@ import torch
 from torch import nn
 
 from saeops.runtime.distributed.context import DistContext
+from saeops.runtime.distributed.sharded import ShardedSAE
+from saeops.runtime.models import SparseDictionary
+from saeops.runtime.train.metrics import MetricWindow
 
 
 class DistributedComm:
     """Data-parallel (and tensor-parallel aware) reductions for one Trainer."""
 
-    def __init__(self, ctx: DistContext, model: nn.Module) -> None:
+    def __init__(self, ctx: DistContext, model: SparseDictionary) -> None:
         self.ctx = ctx
-        self.model = model
+        self.sharded = model if isinstance(model, ShardedSAE) else None
+        """The model when its parameters are slices (gradient norms and optimizer state gather)."""
 
     @property
     def data_size(self) -> int:
@@ -50,10 +54,13 @@ class DistributedComm:
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip by the norm of the whole (unsharded) gradient."""
-        is_sharded = getattr(self.model, "is_sharded", lambda p: False)
-        grads = [p.grad for p in params if p.grad is not None]
-        sharded = [g for p, g in zip(params, grads, strict=False) if is_sharded(p)]
-        replicated = [g for p, g in zip(params, grads, strict=False) if not is_sharded(p)]
+        grads: list[torch.Tensor] = []
+        sharded: list[torch.Tensor] = []
+        replicated: list[torch.Tensor] = []
+        for p in params:
+            if p.grad is not None:
+                grads.append(p.grad)
+                (sharded if self.sharded is not None and self.sharded.is_sharded(p) else replicated).append(p.grad)
         dev = grads[0].device
         sq_sharded = sum((g.float().pow(2).sum() for g in sharded), torch.zeros((), device=dev))
         self.ctx.tensor.all_reduce_(sq_sharded)
@@ -68,7 +75,7 @@ class DistributedComm:
         """Per-latent fire counts summed over the data group."""
         return self.ctx.data.all_reduce_(counts.clone())
 
-    def reduce_window(self, window: Any) -> None:
+    def reduce_window(self, window: MetricWindow) -> None:
         """Sum a MetricWindow over the data group in place (before `compute`)."""
         if self.ctx.data.size == 1:
             return
@@ -84,7 +91,7 @@ class DistributedComm:
         window.tokens, window.steps = int(scalars[3].item()), int(scalars[4].item())
         window.terms = {k: scalars[5 + i].clone() for i, k in enumerate(keys)}
 
-    def consolidate_window(self, window: Any) -> None:
+    def consolidate_window(self, window: MetricWindow) -> None:
         """Before a checkpoint: data rank 0 holds the group's sums, the others zero, so the saved
         (rank 0) window is the whole window and logging still sums to the same numbers."""
         self.reduce_window(window)
@@ -94,14 +101,12 @@ class DistributedComm:
             # Keep the term names: every rank must send the same-length buffer when logging.
             window.terms = {k: torch.zeros((), dtype=torch.float64, device=window.sse.device) for k in keys}
 
-    def window_has_steps(self, window: Any) -> bool:
+    def window_has_steps(self, window: MetricWindow) -> bool:
         """Whether any data rank has unlogged steps (the same answer on every rank)."""
         return self.ctx.any(window.steps > 0)
 
     def export_optimizer(self, state: dict[str, Any]) -> dict[str, Any]:
-        gather = getattr(self.model, "gather_optimizer_state", None)
-        return state if gather is None else gather(state)
+        return state if self.sharded is None else self.sharded.gather_optimizer_state(state)
 
     def import_optimizer(self, state: dict[str, Any]) -> dict[str, Any]:
-        shard = getattr(self.model, "shard_optimizer_state", None)
-        return state if shard is None else shard(state)
+        return state if self.sharded is None else self.sharded.shard_optimizer_state(state)

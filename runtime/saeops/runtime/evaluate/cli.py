@@ -17,15 +17,18 @@ from typing import Any
 
 import torch
 
+from saeops.api import SAETrainingRun
+from saeops.runtime.data import load_text_dataset, pack_windows
 from saeops.runtime.evaluate.splice import EvalError, evaluate_splice
+from saeops.runtime.lm import load_language_model
+from saeops.runtime.models import load_dictionary
+from saeops.runtime.storage import open_storage
 
 METRICS = "metrics.json"
 
 
 def eval_tokens(lm: Any, dataset_spec: Any, n_tokens: int) -> torch.Tensor:
     """`(N, context_size)` token windows of the run's dataset, about `n_tokens` in all."""
-    from saeops.runtime.data import load_text_dataset, pack_windows
-
     ds = load_text_dataset(dataset_spec)
     prefix, suffix = lm.window_frame(dataset_spec.prepend_bos)
     texts = ((i, row[dataset_spec.text_field]) for i, row in enumerate(ds))
@@ -44,11 +47,6 @@ def eval_tokens(lm: Any, dataset_spec: Any, n_tokens: int) -> torch.Tensor:
 def evaluate_run(location: str, *, tokens: int, batch_size: int = 8, device: str | None = None,
                  write: bool = True) -> dict[str, Any]:
     """Evaluate the run stored at `location`; returns the eval dict (also written to metrics.json)."""
-    from saeops.api import SAETrainingRun
-    from saeops.runtime.lm import load_language_model
-    from saeops.runtime.models import load_dictionary
-    from saeops.runtime.storage import open_storage
-
     storage = open_storage(location)
     with tempfile.TemporaryDirectory(prefix="saeops-eval-") as tmp:
         for name in ("config.json", "sae.safetensors"):

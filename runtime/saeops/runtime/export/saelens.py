@@ -35,11 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import SparseDictionary
-from saeops.runtime.models.normalize import fold_dataset_norm
+from saeops.runtime.models.registry import build_dictionary
+from saeops.runtime.models.sae import SparseAutoEncoder
+from saeops.runtime.models.transcoder import Transcoder
 
 log = logging.getLogger("saeops.export")
 
@@ -53,9 +56,9 @@ class ExportError(ValueError):
     """The dictionary cannot be represented in SAELens' format (the message names the field)."""
 
 
-def _check_exportable(model: SparseDictionary) -> None:
+def _check_exportable(model: SparseDictionary) -> SparseAutoEncoder:
     spec = model.spec
-    if spec.type not in ("sae", "transcoder"):
+    if not isinstance(model, SparseAutoEncoder):
         raise ExportError(f"spec.sae.type: SAELens cannot represent a {spec.type} (only sae and transcoder)")
     if spec.use_glu_encoder:
         raise ExportError("spec.sae.useGluEncoder: SAELens has no GLU encoder")
@@ -66,12 +69,13 @@ def _check_exportable(model: SparseDictionary) -> None:
         raise ExportError(f"spec.sae.actFn: SAELens has no {spec.act_fn} transcoder (relu or jumprelu only)")
     if spec.norm_activation == "batch-wise":
         raise ExportError("spec.sae.normActivation: batch-wise normalisation has no SAELens counterpart")
+    return model
 
 
-def _architecture(model: SparseDictionary) -> str:
+def _architecture(model: SparseAutoEncoder) -> str:
     spec = model.spec
-    if spec.type == "transcoder":
-        skip = getattr(model, "W_skip", None) is not None
+    if isinstance(model, Transcoder):
+        skip = model.W_skip is not None
         base = "jumprelu_transcoder" if spec.act_fn == "jumprelu" else "transcoder"
         return ("jumprelu_skip_transcoder" if spec.act_fn == "jumprelu" else "skip_transcoder") if skip else base
     return {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[spec.act_fn]
@@ -81,31 +85,28 @@ def _architecture(model: SparseDictionary) -> str:
 def export_saelens(model: SparseDictionary, directory: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
     """Write `model` in SAELens' format into `directory`; returns it. `metadata` adds to SAELens'
     metadata (model_name, context_size, dataset_path, prepend_bos, ...)."""
-    from safetensors.torch import save_file
-
-    _check_exportable(model)
-    if model.spec.norm_activation == "dataset-wise":
-        model = fold_dataset_norm(copy.deepcopy(model))
-    spec = model.spec
-    W_dec = model.W_dec.detach()  # type: ignore[attr-defined]
-    b_dec = getattr(model, "b_dec", None)
+    sae = _check_exportable(model)
+    if sae.spec.norm_activation == "dataset-wise":
+        sae = copy.deepcopy(sae)
+        sae.fold_dataset_norm()
+    spec = sae.spec
+    W_dec = sae.W_dec.detach()
     tensors: dict[str, Tensor] = {
-        "W_enc": model.W_enc.detach(),  # type: ignore[attr-defined]
-        "b_enc": model.b_enc.detach(),  # type: ignore[attr-defined]
+        "W_enc": sae.W_enc.detach(),
+        "b_enc": sae.b_enc.detach(),
         "W_dec": W_dec,
-        "b_dec": b_dec.detach() if b_dec is not None else torch.zeros(model.d_out, dtype=W_dec.dtype),
+        "b_dec": sae.b_dec.detach() if sae.b_dec is not None else torch.zeros(sae.d_out, dtype=W_dec.dtype),
     }
-    jump = getattr(model, "jumprelu", None)
+    jump = sae.jumprelu
     if jump is not None:
         theta = jump.threshold.detach()
         tensors["threshold"] = theta / W_dec.norm(dim=-1) if spec.sparsity_include_decoder_norm else theta
-    W_skip = getattr(model, "W_skip", None)
-    if W_skip is not None:
-        tensors["W_skip"] = W_skip.detach().T  # SAELens: (d_out, d_in), applied as x @ W_skip.T
+    if isinstance(sae, Transcoder) and sae.W_skip is not None:
+        tensors["W_skip"] = sae.W_skip.detach().T  # SAELens: (d_out, d_in), applied as x @ W_skip.T
     cfg: dict[str, Any] = {
-        "architecture": _architecture(model),
-        "d_in": model.d_in,
-        "d_sae": model.d_sae,
+        "architecture": _architecture(sae),
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
         "dtype": spec.dtype,
         "device": "cpu",
         "apply_b_dec_to_input": spec.type == "sae",
@@ -120,7 +121,7 @@ def export_saelens(model: SparseDictionary, directory: str | Path, *, metadata: 
         },
     }
     if spec.type == "transcoder":
-        cfg["d_out"] = model.d_out
+        cfg["d_out"] = sae.d_out
         cfg["metadata"]["hook_name_out"] = spec.hook_point_out
     if spec.act_fn == "topk":
         cfg["k"] = spec.top_k
@@ -140,10 +141,6 @@ _IMPORT_ACT = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "tran
 @torch.no_grad()
 def import_saelens(directory: str | Path) -> SparseDictionary:
     """Load a SAELens-format directory as a saeops dictionary (inference mode)."""
-    from safetensors.torch import load_file
-
-    from saeops.runtime.models.registry import build_dictionary
-
     path = Path(directory)
     cfg = json.loads((path / SAELENS_CONFIG).read_text())
     w = load_file(str(path / SAELENS_WEIGHTS))

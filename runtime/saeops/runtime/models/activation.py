@@ -15,15 +15,32 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saeops.runtime.models import _ops
-from saeops.runtime.models.base import FeatureActs
+from saeops.kernels import select
+from saeops.runtime.models.acts import FeatureActs
+
+
+def topk_select(pre: Tensor, k: int, score_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """TopK on computed pre-activations `(B, n)` (GLU encoders, CLT layers, Lorsa, Aux-K):
+    selected on `pre * score_scale`; values are the ReLU of the (unscaled) pre-activations at
+    the chosen latents, a gather, so the backward stays sparse."""
+    scores = pre if score_scale is None else pre * score_scale
+    indices = select.topk(scores, k)[1]
+    return pre.gather(-1, indices).relu(), indices
+
+
+def batchtopk_select(pre: Tensor, k: int, score_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """BatchTopK on computed pre-activations: the top `k * B` of the batch, padded per row."""
+    scores = pre if score_scale is None else pre * score_scale
+    indices, keep = select.batchtopk(scores.detach(), pre.detach(), k)
+    return (pre.gather(-1, indices) * keep).relu(), indices
+
+
+DEFAULT_THRESHOLD = 0.1
+"""JumpReLU's initial threshold (in score space)."""
 
 
 class ActivationFunction(nn.Module):
     """Base: `forward(pre, *, k=None, score_scale=None) -> FeatureActs`."""
-
-    sparse_output: bool = False
-    """True when the activation returns the padded sparse (values, indices) form."""
 
     def forward(self, pre: Tensor, *, k: int | None = None, score_scale: Tensor | None = None) -> FeatureActs:
         raise NotImplementedError
@@ -69,10 +86,16 @@ class _JumpReLUSTE(torch.autograd.Function):
 class JumpReLU(ActivationFunction):
     """`f = pre * H(score - e^t)` with a learned log threshold `t` per latent (see `_JumpReLUSTE`)."""
 
-    def __init__(self, d_sae: int, window: float, *, init_threshold: float = 0.1, dtype: torch.dtype | None = None):
+    def __init__(self, d_sae: int, window: float, *, dtype: torch.dtype | None = None):
         super().__init__()
         self.window = float(window)
-        self.log_jumprelu_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold), dtype=dtype))
+        self.log_jumprelu_threshold = nn.Parameter(torch.empty(d_sae, dtype=dtype))
+        self.reset_threshold()
+
+    @torch.no_grad()
+    def reset_threshold(self, log_threshold: float | None = None) -> None:
+        """Every log threshold to `log_threshold` (`initLogJumpreluThresholdValue`); None: log(0.1)."""
+        self.log_jumprelu_threshold.fill_(math.log(DEFAULT_THRESHOLD) if log_threshold is None else log_threshold)
 
     @property
     def threshold(self) -> Tensor:
@@ -93,29 +116,21 @@ class JumpReLU(ActivationFunction):
 class TopK(ActivationFunction):
     """Keep the k largest scores per token (values `relu(pre)`); L0 == k."""
 
-    sparse_output = True
+    select = staticmethod(topk_select)
 
     def __init__(self, default_k: int):
         super().__init__()
         self.default_k = default_k
 
     def forward(self, pre: Tensor, *, k: int | None = None, score_scale: Tensor | None = None) -> FeatureActs:
-        values, indices = _ops.topk_select(pre, k or self.default_k, score_scale)
+        values, indices = self.select(pre, k or self.default_k, score_scale)
         return FeatureActs.from_sparse(values, indices, pre.shape[-1], hidden_pre=pre)
 
 
-class BatchTopK(ActivationFunction):
+class BatchTopK(TopK):
     """Keep the `k * B` largest scores over the whole batch (an average L0 of k per token)."""
 
-    sparse_output = True
-
-    def __init__(self, default_k: int):
-        super().__init__()
-        self.default_k = default_k
-
-    def forward(self, pre: Tensor, *, k: int | None = None, score_scale: Tensor | None = None) -> FeatureActs:
-        values, indices = _ops.batchtopk_select(pre, k or self.default_k, score_scale)
-        return FeatureActs.from_sparse(values, indices, pre.shape[-1], hidden_pre=pre)
+    select = staticmethod(batchtopk_select)
 
 
 def build_activation(
@@ -133,4 +148,5 @@ def build_activation(
     raise NotImplementedError(f"actFn {act_fn!r} is not available for this dictionary type")
 
 
-__all__ = ["ActivationFunction", "BatchTopK", "JumpReLU", "ReLU", "TopK", "build_activation"]
+__all__ = ["ActivationFunction", "BatchTopK", "JumpReLU", "ReLU", "TopK", "batchtopk_select", "build_activation",
+           "topk_select"]

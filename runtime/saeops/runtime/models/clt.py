@@ -32,24 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from saeops.api.training import DictionarySpec
-from saeops.runtime.models import _ops
-from saeops.runtime.models.activation import BatchTopK, JumpReLU, ReLU, TopK
-from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
-from saeops.runtime.models.clt_support import (
-    check_layers,
-    clt_norm_factor,
-    per_layer_metrics,
-    split_sparse_by_layer,
-)
-from saeops.runtime.models.losses import (
-    aux_k_loss,
-    jumprelu_lp_loss,
-    mse_loss,
-    power_loss,
-    resolve_sparsity_loss_type,
-    tanh_loss,
-    tanh_quad_loss,
-)
+from saeops.runtime.models.activation import BatchTopK, JumpReLU, ReLU, TopK, batchtopk_select, topk_select
+from saeops.runtime.models.acts import FeatureActs
+from saeops.runtime.models.base import SparseDictionary
+from saeops.runtime.models.clt_support import check_layers, per_layer_metrics, split_sparse_by_layer
+from saeops.runtime.models.init import _unit_rows, geometric_median, grid_search_norm
+from saeops.runtime.models.losses import LossContext, LossOutput
+from saeops.runtime.models.normalize import compute_dataset_norm_factor
+
+GRID_SEARCH_MAX_TOKENS = 4096
 
 
 class CrossLayerTranscoder(SparseDictionary):
@@ -76,7 +67,7 @@ class CrossLayerTranscoder(SparseDictionary):
         self.b_dec = nn.Parameter(torch.zeros(L, self.d_out, dtype=dt))
         act = spec.act_fn
         if act == "relu":
-            self.activation: nn.Module = ReLU()
+            self.activation = ReLU()
         elif act == "jumprelu":
             self.activation = JumpReLU(self.d_sae, spec.jumprelu_threshold_window, dtype=dt)
         elif act == "layertopk":
@@ -102,26 +93,7 @@ class CrossLayerTranscoder(SparseDictionary):
         self.b_enc.zero_()
         self.b_dec.zero_()
 
-    # -- normalisation (one factor per layer) ---------------------------------------------
-
-    def set_dataset_norm_factors(self, factor_in: Any, factor_out: Any = None) -> None:
-        """Per-layer factors: a float (all layers) or a sequence of L floats."""
-        fin = torch.as_tensor(factor_in, dtype=torch.float32).expand(self.n_layers)
-        fout = fin if factor_out is None else torch.as_tensor(factor_out, dtype=torch.float32).expand(self.n_layers)
-        self.norm_factor_in.copy_(fin)
-        self.norm_factor_out.copy_(fout)
-
-    def input_factor(self, x: Tensor) -> Tensor:
-        return clt_norm_factor(x, self.spec.norm_activation, self.norm_factor_in)
-
-    def output_factor(self, x_out: Tensor) -> Tensor:
-        return clt_norm_factor(x_out, self.spec.norm_activation, self.norm_factor_out)
-
     # -- the dictionary --------------------------------------------------------------------
-
-    @property
-    def jumprelu(self) -> JumpReLU | None:
-        return self.activation if isinstance(self.activation, JumpReLU) else None
 
     def layer_decoder_norms(self) -> Tensor:
         """`(L, d_layer)`: per feature, the sum of its decoder-row norms over target layers >= its own."""
@@ -146,22 +118,21 @@ class CrossLayerTranscoder(SparseDictionary):
         """`(B, L, d_layer)` pre-activations of normalised `x_n (B, L, d_in)`."""
         return torch.einsum("bld,lds->bls", x_n, self.W_enc) + self.b_enc
 
-    def _encode_normed(self, x: Tensor, k: int | None = None) -> FeatureActs:
+    def _encode_normed(self, x: Tensor, k: int | None = None, mask: Tensor | None = None) -> FeatureActs:
         k = k or self.spec.top_k
         pre = self.hidden_pre(x.to(self.dtype))
         B = pre.shape[0]
-        scale = self.layer_decoder_norms().detach() if self.spec.sparsity_include_decoder_norm else None
+        flat_scale = self.score_scale()
         if self.spec.act_fn in ("topk", "batchtopk"):
-            return self._select_per_layer(pre, k, scale)
+            return self._select_per_layer(pre, k, None if flat_scale is None else flat_scale.view(self.n_layers, -1))
         flat = pre.reshape(B, self.d_sae)
-        flat_scale = None if scale is None else scale.reshape(-1)
         if self.spec.act_fn in ("layertopk", "batchlayertopk"):
             return self.activation(flat, k=k * self.n_layers, score_scale=flat_scale)
         return self.activation(flat, score_scale=flat_scale)
 
     def _select_per_layer(self, pre: Tensor, k: int, scale: Tensor | None) -> FeatureActs:
         """TopK/BatchTopK within each layer, indices offset into the flattened latent space."""
-        op = _ops.topk_select if self.spec.act_fn == "topk" else _ops.batchtopk_select
+        op = topk_select if self.spec.act_fn == "topk" else batchtopk_select
         values, indices = [], []
         for s in range(self.n_layers):
             v, i = op(pre[:, s], k, None if scale is None else scale[s])
@@ -178,67 +149,18 @@ class CrossLayerTranscoder(SparseDictionary):
         if acts.is_sparse:
             for t, (vals, idx) in enumerate(split_sparse_by_layer(acts, self.d_layer, self.n_layers)):
                 w = self.W_dec[t].reshape(-1, self.d_out)  # sources 0..t stacked
-                outs.append(_ops.sparse_decode(idx, vals, w, self.b_dec[t]))
+                outs.append(self.kernels.sparse_decode(idx, vals, w, self.b_dec[t]))
         else:
             f = acts.dense().reshape(-1, self.n_layers, self.d_layer)
             for t, w in enumerate(self.W_dec):
                 outs.append(torch.einsum("bsd,sdo->bo", f[:, : t + 1], w) + self.b_dec[t])
         return torch.stack(outs, dim=1)
 
-    def forward(self, x: Tensor, k: int | None = None) -> Tensor:
-        """Raw `(B, L, d_in)` -> raw `(B, L, d_out)` reconstruction."""
-        x = x.to(self.dtype)
-        f_in = self.input_factor(x).to(x.dtype)
-        x_hat = self.decode(self._encode_normed(x * f_in, k))
-        if self.spec.norm_activation in ("dataset-wise", "inference"):
-            return x_hat / self.norm_factor_out.to(x_hat)[:, None]
-        return x_hat / f_in
+    def _per_token(self, t: Tensor) -> Tensor:
+        # A token's error spans every layer: MSE summed over layers and width.
+        return t.reshape(t.shape[0], -1)
 
-    # -- loss ------------------------------------------------------------------------------
-
-    def compute_loss(self, x_in: Tensor, x_out: Tensor | None, ctx: LossContext) -> LossOutput:
-        """`x_in (B, L, d_in)`, `x_out (B, L, d_out)`; MSE summed over layers and width."""
-        x_in = x_in.to(self.dtype)
-        if x_out is None:
-            raise ValueError("a clt needs its output activations (spec.sae.hookPointsOut)")
-        x_out = x_out.to(self.dtype)
-        x_n = x_in * self.input_factor(x_in)
-        target = x_out * self.output_factor(x_out)
-        acts = self._encode_normed(x_n, ctx.k)
-        x_hat = self.decode(acts)
-        B = x_hat.shape[0]
-        mse = mse_loss(x_hat.reshape(B, -1), target.reshape(B, -1))
-        loss = mse
-        terms: dict[str, Tensor] = {"mse": mse.detach()}
-        norms = self.decoder_norms()
-        kind = resolve_sparsity_loss_type(self.spec.act_fn, ctx.sparsity_loss_type)
-        if kind != "none":
-            dense = acts.dense()
-            if kind == "power":
-                sparsity = power_loss(dense, norms, ctx.l1_coefficient, ctx.p)
-            elif kind == "tanh":
-                sparsity = tanh_loss(dense, norms, ctx.l1_coefficient, ctx.tanh_stretch_coefficient)
-            else:
-                sparsity = tanh_quad_loss(
-                    dense, norms, ctx.l1_coefficient, ctx.tanh_stretch_coefficient, ctx.frequency_scale
-                )
-            loss = loss + sparsity
-            terms["sparsity"] = sparsity.detach()
-        jump = self.jumprelu
-        if jump is not None and ctx.lp_coefficient:
-            assert acts.hidden_pre is not None
-            lp = jumprelu_lp_loss(acts.hidden_pre, jump.threshold, norms, ctx.lp_coefficient,
-                                  gated=self.spec.sparsity_include_decoder_norm)
-            loss = loss + lp
-            terms["lp"] = lp.detach()
-        if self.spec.is_topk_family and ctx.aux_k_coefficient > 0 and ctx.dead_mask is not None:
-            aux = self._aux_k(target, x_hat, acts, ctx)
-            loss = loss + aux
-            terms["aux_k"] = aux.detach()
-        terms["l0"] = acts.l0().mean()
-        return LossOutput(loss=loss, terms=terms, x_hat=x_hat, target=target, acts=acts)
-
-    def full_decoder_rows(self, latents: Tensor) -> Tensor:
+    def decoder_rows(self, latents: Tensor) -> Tensor:
         """`(n, L * d_out)` decoder rows of flattened latent indices over all target layers
         (zero where the target precedes the feature's layer)."""
         src, feat = latents // self.d_layer, latents % self.d_layer
@@ -249,33 +171,69 @@ class CrossLayerTranscoder(SparseDictionary):
             blocks.append(rows)
         return torch.cat(blocks, dim=-1)
 
-    def _aux_k(self, target: Tensor, x_hat: Tensor, acts: FeatureActs, ctx: LossContext) -> Tensor:
-        assert ctx.dead_mask is not None and acts.hidden_pre is not None
-        dead = ctx.dead_mask.to(x_hat.device).nonzero().squeeze(-1)
-        if dead.numel() == 0:
-            return x_hat.new_zeros(())
-        B = x_hat.shape[0]
-        scale = self.decoder_norms().detach()[dead] if self.spec.sparsity_include_decoder_norm else None
-        return aux_k_loss(
-            acts.hidden_pre[:, dead], self.full_decoder_rows(dead), (target - x_hat).reshape(B, -1),
-            target.reshape(B, -1), ctx.k_aux or max(self.d_out // 2, 1), ctx.aux_k_coefficient, scale,
-        )
-
     def per_layer_metrics(self, out: LossOutput) -> dict[int, dict[str, float]]:
         """EV, MSE (per element) and L0 of each layer (by layer index of hookPointsOut)."""
         return per_layer_metrics(out, self.layers, self.d_layer)
 
     # -- init, folding and persistence ---------------------------------------------------
 
+    @torch.no_grad()
     def initialize_from_sample(self, initializer: Any, sample_in: Tensor, sample_out: Tensor | None,
                                *, k: int | None = None) -> None:
-        """Called by `Initializer.initialize` (see `clt_support.initialize_clt`)."""
-        from saeops.runtime.models.clt_support import initialize_clt
+        """Per-layer dataset norm factors; decoder rows (Kaiming or active subspace of each target
+        layer's sample) at the default norm; encoder columns random at the same norm (or the
+        own-layer decoder block transposed when widths agree); b_dec zeros or geometric median per
+        layer; JumpReLU thresholds; optional grid search of one norm for all rows. Called by
+        `Initializer.initialize` with per-layer samples stacked to `(N, L, d)` (`init_inputs`)."""
+        if sample_out is None:
+            raise ValueError("a clt needs output activations to initialise (spec.sae.hookPointsOut)")
+        L = self.n_layers
+        if sample_in.ndim != 3 or sample_in.shape[1] != L or sample_out.ndim != 3 or sample_out.shape[1] != L:
+            raise ValueError(f"a clt initialises from per-layer samples stacked to (N, {L}, d); got "
+                             f"{tuple(sample_in.shape)} / {tuple(sample_out.shape)} (see models.init_inputs)")
+        spec = initializer.spec
+        gen = initializer._generator()
+        dev, dt = self.W_enc.device, self.W_enc.dtype
+        x_in = sample_in.reshape(-1, L, self.d_in).to(dev, dt)
+        x_out = sample_out.reshape(-1, L, self.d_out).to(dev, dt)
+        if self.spec.norm_activation == "dataset-wise":
+            self.set_dataset_norm_factors(
+                [compute_dataset_norm_factor(x_in[:, s]) for s in range(L)],
+                [compute_dataset_norm_factor(x_out[:, t]) for t in range(L)],
+            )
+        y_n = x_out * self.output_factor(x_out)
+        norm = spec.init_decoder_norm or 0.1 * math.sqrt(self.d_out) / math.sqrt(self.d_layer)
+        for t, w in enumerate(self.W_dec):
+            rows = initializer.decoder_rows((t + 1) * self.d_layer, y_n[:, t], gen)
+            w.copy_((_unit_rows(rows) * norm).reshape(t + 1, self.d_layer, self.d_out).to(dev, dt))
+        for s in range(L):
+            if spec.init_encoder_with_decoder_transpose and self.d_in == self.d_out:
+                self.W_enc[s].copy_(self.W_dec[s][s].T)
+            else:
+                enc = (torch.rand(self.d_in, self.d_layer, generator=gen, dtype=torch.float64) * 2 - 1)
+                self.W_enc[s].copy_((enc / enc.norm(dim=0, keepdim=True) * norm).to(dev, dt))
+        self.b_enc.zero_()
+        if spec.bias_init_method == "geometric_median":
+            self.b_dec.copy_(torch.stack([geometric_median(y_n[:, t]) for t in range(L)]))
+        else:
+            self.b_dec.zero_()
+        if self.jumprelu is not None:
+            self.jumprelu.reset_threshold(spec.init_log_jumprelu_threshold_value)
+        if spec.grid_search_init_norm:
+            ctx = LossContext(k=k)
+            xs, ys = x_in[:GRID_SEARCH_MAX_TOKENS], x_out[:GRID_SEARCH_MAX_TOKENS]
 
-        initialize_clt(self, initializer, sample_in, sample_out, k=k)
+            def mse_at(n: float) -> float:
+                self.set_decoder_norm(n)
+                return float(self.compute_loss(xs, ys, ctx).terms["mse"])
+
+            grid_search_norm(mse_at)
+        if spec.init_encoder_bias_with_mean_hidden_pre:
+            x_n = x_in * self.input_factor(x_in)
+            self.b_enc.copy_(-torch.einsum("bld,lds->bls", x_n, self.W_enc).mean(0))
 
     @torch.no_grad()
-    def _fold_norm_factors(self, a: Any, c: Any) -> None:
+    def _fold_norm_factors(self, a: float | Tensor, c: float | Tensor) -> None:
         a_t = torch.as_tensor(a, dtype=self.W_enc.dtype, device=self.W_enc.device).expand(self.n_layers)
         c_t = torch.as_tensor(c, dtype=self.W_enc.dtype, device=self.W_enc.device).expand(self.n_layers)
         if (self.spec.sparsity_include_decoder_norm and self.spec.act_fn != "relu"
@@ -304,7 +262,6 @@ class CrossLayerTranscoder(SparseDictionary):
         if jump is not None:
             out["log_jumprelu_threshold"] = jump.log_jumprelu_threshold
         return {k: v.detach() for k, v in out.items()}
-
 
 
 __all__ = ["CrossLayerTranscoder"]

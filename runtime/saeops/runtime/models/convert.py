@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from saeops.runtime.models.base import SparseDictionary
+from saeops.runtime.models.registry import build_dictionary
 
 
 def _scores(model: SparseDictionary, x: Tensor) -> Tensor:
@@ -83,8 +84,6 @@ def convert_batchtopk_to_jumprelu(
     `batch_size` (use the training batch size: BatchTopK's cut depends on it). `held_out`:
     `(x_in, x_out)` raw activations for the report (x_out None for an SAE); by default the last
     fifth of the sample is held out."""
-    from saeops.runtime.models.registry import build_dictionary
-
     if model.spec.act_fn != "batchtopk" or model.spec.type not in ("sae", "transcoder"):
         raise ValueError(f"spec.sae.actFn: conversion needs a batchtopk sae or transcoder, got "
                          f"{model.spec.act_fn} {model.spec.type}")

@@ -13,7 +13,6 @@ import re
 
 _LAYER = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 ATTN_OUT = re.compile(r"^blocks\.(\d+)\.(?:hook_attn_out|attn\.hook_out|attn\.hook_result)$")
-ATTN_IN_SUFFIXES = ("ln1.hook_normalized", "ln1.hook_out", "attn.hook_in", "hook_attn_in", "attn.q.hook_in")
 MLP_IN_SUFFIXES = ("ln2.hook_normalized", "ln2.hook_out", "mlp.hook_in", "hook_mlp_in", "mlp.in.hook_in")
 MLP_OUT_SUFFIXES = ("hook_mlp_out", "mlp.hook_out", "mlp.out.hook_out")
 
@@ -44,5 +43,5 @@ def is_mlp_pair(hook_in: str, hook_out: str) -> bool:
     )
 
 
-__all__ = ["ATTN_IN_SUFFIXES", "MLP_IN_SUFFIXES", "MLP_OUT_SUFFIXES", "is_attention_output", "is_mlp_pair",
+__all__ = ["MLP_IN_SUFFIXES", "MLP_OUT_SUFFIXES", "is_attention_output", "is_mlp_pair",
            "layer_of", "suffix_of"]

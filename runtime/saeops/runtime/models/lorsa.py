@@ -16,6 +16,12 @@ Batches are sequences: `compute_loss(x_in (B, T, d_in), x_out (B, T, d_out), ctx
 `ctx.attention_mask (B, T)` marking real tokens (padding is never attended to, nor scored).
 Latent statistics (`LossOutput.acts`, `x_hat`, `target`) cover the real tokens only, flattened
 to `(N, .)`, so the trainer's per-token metrics apply unchanged.
+
+Initialisation from a sample of sequences (`initialize_from_sample`): dataset-wise factors from
+the tokens; `W_O` rows from the initializer's decoder directions (Kaiming or the active
+subspace, which the seeds recommend for attention outputs) at the default norm; `W_V` columns
+random with the same norms; `b_O` zeros or geometric median; QK stay at their Kaiming draw (or
+the model's own weights, see `init_from_model`); optional grid search of the OV norm.
 """
 
 from __future__ import annotations
@@ -27,16 +33,15 @@ import torch
 from torch import Tensor, nn
 
 from saeops.api.training import DictionarySpec, LorsaSpec
-from saeops.runtime.models.activation import JumpReLU, build_activation
-from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
+from saeops.runtime.models.activation import build_activation
+from saeops.runtime.models.acts import FeatureActs
+from saeops.runtime.models.base import SparseDictionary
 from saeops.runtime.models.hooks import is_attention_output, layer_of
-from saeops.runtime.models.losses import (
-    aux_k_loss,
-    mse_loss,
-    power_loss,
-    resolve_sparsity_loss_type,
-    tanh_loss,
-)
+from saeops.runtime.models.init import _unit_rows, geometric_median, grid_search_norm
+from saeops.runtime.models.losses import LossContext
+from saeops.runtime.models.normalize import compute_dataset_norm_factor
+
+GRID_SEARCH_MAX_SEQUENCES = 64
 
 
 def check_lorsa_spec(spec: DictionarySpec, d_sae: int) -> LorsaSpec:
@@ -106,20 +111,9 @@ class LowRankSparseAttention(SparseDictionary):
     # -- pieces ----------------------------------------------------------------------------
 
     @property
-    def jumprelu(self) -> JumpReLU | None:
-        return self.activation if isinstance(self.activation, JumpReLU) else None
-
-    @property
     def W_dec(self) -> Tensor:
+        """The decoder: `W_O`."""
         return self.W_O
-
-    def decoder_norms(self) -> Tensor:
-        return self.W_O.norm(dim=-1)
-
-    @torch.no_grad()
-    def set_decoder_norm(self, norm: float | Tensor) -> None:
-        target = torch.as_tensor(norm, dtype=self.W_O.dtype, device=self.W_O.device)
-        self.W_O.mul_((target / self.decoder_norms().clamp_min(1e-12)).reshape(-1, 1))
 
     def patterns(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """`(B, n_qk, T, T)` causal attention patterns of normalised `x (B, T, d_in)`."""
@@ -144,95 +138,77 @@ class LowRankSparseAttention(SparseDictionary):
         z = torch.einsum("bhts,bshj->bthj", pattern, v)
         return z.reshape(B, T, self.d_sae)
 
-    def _activate(self, z: Tensor, k: int | None) -> FeatureActs:
-        scale = self.decoder_norms().detach() if self.spec.sparsity_include_decoder_norm else None
-        return self.activation(z, k=k or self.spec.top_k, score_scale=scale)
+    def _encode_normed(self, x: Tensor, k: int | None = None, mask: Tensor | None = None) -> FeatureActs:
+        """Activations of the tokens of `x (B, T, d_in)`, flattened to `(N, d_sae)`: every token,
+        or with `mask (B, T)` the real ones only (padding is not attended to either)."""
+        z = self._tokens(self.head_outputs(x.to(self.dtype), mask), mask)
+        return self.activation(z, k=k or self.spec.top_k, score_scale=self.score_scale())
 
-    def _encode_normed(self, x: Tensor, k: int | None = None) -> FeatureActs:
-        """Activations of every token of `x (B, T, d_in)`, flattened to `(B*T, d_sae)`."""
-        z = self.head_outputs(x.to(self.dtype))
-        return self._activate(z.reshape(-1, self.d_sae), k)
+    @staticmethod
+    def _tokens(t: Tensor, mask: Tensor | None) -> Tensor:
+        """`(B, T, w)` -> `(N, w)`: every token, or those `mask` marks."""
+        flat = t.reshape(-1, t.shape[-1])
+        return flat if mask is None else flat[mask.to(torch.bool).reshape(-1)]
 
     def decode(self, acts: FeatureActs | Tensor) -> Tensor:
         if isinstance(acts, Tensor):
             acts = FeatureActs.from_dense(acts)
-        from saeops.runtime.models import _ops
-
         if acts.is_sparse:
-            return _ops.sparse_decode(acts.indices, acts.values, self.W_O, self.b_O)
+            return self.kernels.sparse_decode(acts.indices, acts.values, self.W_O, self.b_O)
         return acts.dense() @ self.W_O + self.b_O
 
-    def forward(self, x: Tensor, k: int | None = None, mask: Tensor | None = None) -> Tensor:
-        """Raw `(B, T, d_in)` -> raw `(B, T, d_out)` attention-output reconstruction."""
-        x = x.to(self.dtype)
-        f_in = self.input_factor(x).to(x.dtype)
-        B, T, _ = x.shape
-        z = self.head_outputs(x * f_in, mask)
-        x_hat = self.decode(self._activate(z.reshape(-1, self.d_sae), k)).reshape(B, T, self.d_out)
-        if self.spec.norm_activation in ("dataset-wise", "inference"):
-            return x_hat / self.norm_factor_out.to(x_hat.dtype)
-        return x_hat / f_in
+    def _reconstruct_normed(self, x_n: Tensor, k: int | None = None) -> Tensor:
+        B, T, _ = x_n.shape
+        return super()._reconstruct_normed(x_n, k).reshape(B, T, self.d_out)
 
-    # -- loss ------------------------------------------------------------------------------
-
-    def compute_loss(self, x_in: Tensor, x_out: Tensor | None, ctx: LossContext) -> LossOutput:
+    def prepare_batch(self, x_in: Tensor, x_out: Tensor | None, ctx: LossContext) -> tuple[Tensor, Tensor]:
         if x_in.ndim != 3 or x_out is None or x_out.ndim != 3:
             raise ValueError("lorsa trains on sequences: x_in and x_out must be (batch, tokens, width)")
-        x_in, x_out = x_in.to(self.dtype), x_out.to(self.dtype)
-        x_n = x_in * self.input_factor(x_in)
-        target_all = x_out * self.output_factor(x_out)
-        mask = ctx.attention_mask
-        z = self.head_outputs(x_n, mask)
-        if mask is not None:
-            keep = mask.to(torch.bool).reshape(-1)
-            z, target = z.reshape(-1, self.d_sae)[keep], target_all.reshape(-1, self.d_out)[keep]
-        else:
-            z, target = z.reshape(-1, self.d_sae), target_all.reshape(-1, self.d_out)
-        acts = self._activate(z, ctx.k)
-        x_hat = self.decode(acts)
-        mse = mse_loss(x_hat, target)
-        loss = mse
-        terms: dict[str, Tensor] = {"mse": mse.detach()}
-        norms = self.decoder_norms()
-        kind = resolve_sparsity_loss_type(self.spec.act_fn, ctx.sparsity_loss_type)
-        if kind in ("power", "tanh"):
-            dense = acts.dense()
-            sparsity = (power_loss(dense, norms, ctx.l1_coefficient, ctx.p) if kind == "power"
-                        else tanh_loss(dense, norms, ctx.l1_coefficient, ctx.tanh_stretch_coefficient))
-            loss = loss + sparsity
-            terms["sparsity"] = sparsity.detach()
-        elif kind != "none":
-            raise ValueError(f"spec.trainer.sparsityLossType {kind!r} is not supported for lorsa")
-        jump = self.jumprelu
-        if jump is not None and ctx.lp_coefficient:
-            from saeops.runtime.models.losses import jumprelu_lp_loss
-
-            lp = jumprelu_lp_loss(z, jump.threshold, norms, ctx.lp_coefficient,
-                                  gated=self.spec.sparsity_include_decoder_norm)
-            loss = loss + lp
-            terms["lp"] = lp.detach()
-        if self.spec.is_topk_family and ctx.aux_k_coefficient > 0 and ctx.dead_mask is not None:
-            dead = ctx.dead_mask.to(z.device).nonzero().squeeze(-1)
-            if dead.numel():
-                scale = norms.detach()[dead] if self.spec.sparsity_include_decoder_norm else None
-                aux = aux_k_loss(z[:, dead], self.W_O[dead], target - x_hat, target,
-                                 ctx.k_aux or max(self.d_out // 2, 1), ctx.aux_k_coefficient, scale)
-                loss = loss + aux
-                terms["aux_k"] = aux.detach()
-        terms["l0"] = acts.l0().mean()
-        return LossOutput(loss=loss, terms=terms, x_hat=x_hat, target=target, acts=acts)
+        x_n, target = super().prepare_batch(x_in, x_out, ctx)
+        return x_n, self._tokens(target, ctx.attention_mask)
 
     # -- init, folding and persistence -----------------------------------------------------
 
+    @torch.no_grad()
     def initialize_from_sample(self, initializer: Any, sample_in: Tensor, sample_out: Tensor | None,
                                *, k: int | None = None) -> None:
-        """Called by `Initializer.initialize` (see `lorsa_init.initialize_lorsa`)."""
-        from saeops.runtime.models.lorsa_init import initialize_lorsa
+        """Called by `Initializer.initialize` with raw sequences `sample_in (N, T, d_in)`,
+        `sample_out (N, T, d_out)` (see the module docstring)."""
+        if sample_out is None or sample_in.ndim != 3:
+            raise ValueError("lorsa initialises from sequences: sample_in and sample_out must be (N, T, width)")
+        spec = initializer.spec
+        gen = initializer._generator()
+        dev, dt = self.W_O.device, self.W_O.dtype
+        x_in, x_out = sample_in.to(dev, dt), sample_out.to(dev, dt)
+        if self.spec.norm_activation == "dataset-wise":
+            self.set_dataset_norm_factors(compute_dataset_norm_factor(x_in), compute_dataset_norm_factor(x_out))
+        y_tok = (x_out * self.output_factor(x_out)).reshape(-1, self.d_out)
+        norm = initializer.default_decoder_norm(self)
+        rows = initializer.decoder_rows(self.d_sae, y_tok, gen)
+        self.W_O.copy_((_unit_rows(rows) * norm).to(dev, dt))
+        v = torch.randn(self.d_in, self.d_sae, generator=gen, dtype=torch.float64)
+        self.W_V.copy_((v / v.norm(dim=0, keepdim=True) * norm).to(dev, dt))
+        self.b_V.zero_()
+        if spec.bias_init_method == "geometric_median":
+            self.b_O.copy_(geometric_median(y_tok))
+        else:
+            self.b_O.zero_()
+        if self.jumprelu is not None:
+            self.jumprelu.reset_threshold(spec.init_log_jumprelu_threshold_value)
+        if spec.grid_search_init_norm:
+            xs, ys = x_in[:GRID_SEARCH_MAX_SEQUENCES], x_out[:GRID_SEARCH_MAX_SEQUENCES]
+            ctx = LossContext(k=k)
 
-        initialize_lorsa(self, initializer, sample_in, sample_out, k=k)
+            def mse_at(n: float) -> float:
+                self.set_decoder_norm(n)
+                self.W_V.mul_(n / self.W_V.norm(dim=0).clamp_min(1e-12))
+                return float(self.compute_loss(xs, ys, ctx).terms["mse"])
+
+            grid_search_norm(mse_at)
 
     @torch.no_grad()
-    def _fold_norm_factors(self, a: float, c: float) -> None:
+    def _fold_norm_factors(self, a: float | Tensor, c: float | Tensor) -> None:
+        a, c = float(a), float(c)
         # Raw input: q, k, v all read x_n = a x, so scale the input weights by a; the output
         # de-normalises by 1/c. The latents (z) are then unchanged, and so are the gates.
         for w in (self.W_Q, self.W_K, self.W_V):
@@ -244,7 +220,8 @@ class LowRankSparseAttention(SparseDictionary):
             jump.log_jumprelu_threshold.sub_(math.log(c))
 
     def weights_dict(self) -> dict[str, Tensor]:
-        out = {n: getattr(self, n) for n in ("W_Q", "W_K", "b_Q", "b_K", "W_V", "b_V", "W_O", "b_O")}
+        out = {"W_Q": self.W_Q, "W_K": self.W_K, "b_Q": self.b_Q, "b_K": self.b_K, "W_V": self.W_V, "b_V": self.b_V,
+               "W_O": self.W_O, "b_O": self.b_O}
         jump = self.jumprelu
         if jump is not None:
             out["log_jumprelu_threshold"] = jump.log_jumprelu_threshold

@@ -1,4 +1,5 @@
-"""Loss terms, each a plain function returning a scalar tensor (already weighted).
+"""The loss of one batch: its settings (`LossContext`), its result (`LossOutput`) and its terms,
+each a plain function returning a scalar tensor (already weighted).
 
 Conventions (B tokens, d output width, d_sae latents; everything in the normalised space):
 
@@ -14,20 +15,60 @@ Conventions (B tokens, d output width, d_sae latents; everything in the normalis
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from saeops.runtime.models import _ops
+from saeops.api.training import TrainerSpec
+from saeops.runtime.models.acts import FeatureActs
 
 SparsityLossType = Literal["power", "tanh", "tanh-quad", "none"]
 
 
-def resolve_sparsity_loss_type(act_fn: str, value: str | None) -> SparsityLossType:
+@dataclass
+class LossContext:
+    """One step's loss settings. `trainer` holds the static ones (penalty type and its
+    parameters, the JumpReLU Lp and Aux-K coefficients); None: the loss is the reconstruction
+    alone (what the initializer's norm search measures). `k` and `l1_coefficient` are this
+    step's scheduled values; `dead_mask` `(d_sae,)` marks latents silent for
+    `deadFeatureWindow` tokens (Aux-K); `attention_mask` `(B, T)` marks the real tokens of a
+    sequence batch (Lorsa: padding is neither attended to nor scored)."""
+
+    trainer: TrainerSpec | None = None
+    k: int | None = None
+    l1_coefficient: float = 0.0
+    dead_mask: Tensor | None = None
+    attention_mask: Tensor | None = None
+    sparsity_loss_type: InitVar[Literal["none"] | None] = None
+    """Accepted as `"none"` without a trainer (reconstruction only), for callers written
+    before `trainer` held the penalty settings."""
+
+    def __post_init__(self, sparsity_loss_type: str | None) -> None:
+        if sparsity_loss_type not in (None, "none") or (sparsity_loss_type and self.trainer is not None):
+            raise ValueError("LossContext: the sparsity penalty is set by trainer.sparsityLossType")
+
+
+@dataclass
+class LossOutput:
+    """Result of `compute_loss`. `terms` are detached scalars of what was added to `loss`
+    (mse, sparsity, lp, aux_k) plus `l0` (mean active latents per token)."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    x_hat: Tensor
+    """Reconstruction in the normalised space."""
+    target: Tensor
+    """Normalised target."""
+    acts: FeatureActs
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_sparsity_loss_type(act_fn: str, value: SparsityLossType | None) -> SparsityLossType:
     """Default penalty: `power` for relu/jumprelu, `none` for the TopK family (k enforces sparsity)."""
     if value is not None:
-        return value  # type: ignore[return-value]
+        return value
     return "none" if "topk" in act_fn else "power"
 
 
@@ -57,6 +98,22 @@ def tanh_quad_loss(
     return coefficient * (p_hat * (1 + p_hat / frequency_scale)).sum()
 
 
+def sparsity_loss(
+    kind: SparsityLossType, acts: Tensor, decoder_norms: Tensor, coefficient: float, trainer: TrainerSpec
+) -> Tensor | None:
+    """The penalty `kind` with the trainer's parameters (None for `none`)."""
+    match kind:
+        case "power":
+            return power_loss(acts, decoder_norms, coefficient, trainer.p)
+        case "tanh":
+            return tanh_loss(acts, decoder_norms, coefficient, trainer.tanh_stretch_coefficient)
+        case "tanh-quad":
+            return tanh_quad_loss(acts, decoder_norms, coefficient, trainer.tanh_stretch_coefficient,
+                                  trainer.frequency_scale)
+        case "none":
+            return None
+
+
 def jumprelu_lp_loss(
     hidden_pre: Tensor, threshold: Tensor, decoder_norms: Tensor, coefficient: float, *, gated: bool
 ) -> Tensor:
@@ -72,29 +129,12 @@ def jumprelu_lp_loss(
     return coefficient * gap.sum(-1).mean()
 
 
-def aux_k_loss(
-    dead_pre: Tensor,
-    dead_W_dec: Tensor,
-    residual: Tensor,
-    target: Tensor,
-    k_aux: int,
-    coefficient: float,
-    dead_score_scale: Tensor | None = None,
-) -> Tensor:
-    """Aux-K (Gao et al. 2024): the `k_aux` dead latents with the largest pre-activations
-    reconstruct the residual `target - x_hat` (detached); normalised MSE
-    `||e_hat - e||^2 / ||target - mean(target)||^2`, scaled by `min(n_dead / k_aux, 1)`
-    (as EleutherAI sparsify) so a handful of dead latents does not get the full weight.
-
-    `dead_pre` is (B, n_dead), `dead_W_dec` the matching decoder rows (n_dead, d). Returns 0
-    when there are no dead latents.
-    """
-    n_dead = dead_pre.shape[-1]
-    if n_dead == 0 or coefficient == 0:
-        return dead_pre.new_zeros(())
-    k = min(k_aux, n_dead)
-    values, indices = _ops.topk_select(dead_pre, k, dead_score_scale)
-    e_hat = _ops.sparse_decode(indices, values, dead_W_dec, None)
+def aux_k_loss(e_hat: Tensor, residual: Tensor, target: Tensor, n_dead: int, k_aux: int, coefficient: float) -> Tensor:
+    """Aux-K (Gao et al. 2024): `e_hat`, the reconstruction by the `k_aux` dead latents with the
+    largest pre-activations, of the residual `target - x_hat` (detached here); normalised MSE
+    `||e_hat - e||^2 / ||target - mean(target)||^2`, scaled by `min(n_dead / k_aux, 1)` (as
+    EleutherAI sparsify) so a handful of dead latents does not get the full weight. Rows are
+    tokens: `(B, d)` each."""
     e = residual.detach()
     total_variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-8)
     scale = min(n_dead / k_aux, 1.0)
@@ -102,12 +142,15 @@ def aux_k_loss(
 
 
 __all__ = [
+    "LossContext",
+    "LossOutput",
     "SparsityLossType",
     "aux_k_loss",
     "jumprelu_lp_loss",
     "mse_loss",
     "power_loss",
     "resolve_sparsity_loss_type",
+    "sparsity_loss",
     "tanh_loss",
     "tanh_quad_loss",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from saeops.api.training import DictionarySpec
 from saeops.runtime.models.base import WEIGHTS_FILE, SparseDictionary, read_config
@@ -38,8 +39,6 @@ def build_dictionary(spec: DictionarySpec, d_in: int, d_out: int | None = None) 
 
 def load_dictionary(directory: str | Path, device: str | torch.device | None = None) -> SparseDictionary:
     """Load a dictionary written by `SparseDictionary.save` from a local directory."""
-    from safetensors.torch import load_file
-
     cfg = read_config(directory)
     spec = DictionarySpec.model_validate(cfg["spec"])
     model = build_dictionary(spec, cfg["d_in"], cfg["d_out"])

@@ -22,18 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from saeops.api.training import DictionarySpec
-from saeops.runtime.models import _ops
-from saeops.runtime.models.activation import JumpReLU, build_activation
-from saeops.runtime.models.base import FeatureActs, LossContext, LossOutput, SparseDictionary
-from saeops.runtime.models.losses import (
-    aux_k_loss,
-    jumprelu_lp_loss,
-    mse_loss,
-    power_loss,
-    resolve_sparsity_loss_type,
-    tanh_loss,
-    tanh_quad_loss,
-)
+from saeops.kernels import should_use_sparse
+from saeops.runtime.models.activation import build_activation
+from saeops.runtime.models.acts import FeatureActs
+from saeops.runtime.models.base import SparseDictionary
 
 
 class SparseAutoEncoder(SparseDictionary):
@@ -41,10 +33,13 @@ class SparseAutoEncoder(SparseDictionary):
     with a GLU encoder, + `log_jumprelu_threshold` for JumpReLU)."""
 
     dictionary_type = "sae"
+    target_is_input = True
     centres_input: bool = True
     """Subtract b_dec from the input before encoding (only meaningful when input and output
     live in the same space; a transcoder turns it off)."""
     requires_square: bool = True
+    """Input and output are one space: d_out == d_in, and the default encoder is the decoder's
+    transpose."""
 
     def __init__(self, spec: DictionarySpec, d_in: int, d_out: int | None = None):
         super().__init__(spec, d_in, d_out)
@@ -74,9 +69,13 @@ class SparseAutoEncoder(SparseDictionary):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Default init (the Initializer refines it): Kaiming-uniform decoder, tied encoder."""
+        """Default init (the Initializer refines it): Kaiming-uniform decoder, the encoder its
+        transpose (its own Kaiming-uniform draw when input and output spaces differ), zero biases."""
         nn.init.kaiming_uniform_(self.W_dec, a=math.sqrt(5))
-        self.W_enc.copy_(self.W_dec.T)
+        if self.requires_square:
+            self.W_enc.copy_(self.W_dec.T)
+        else:
+            nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
         self.b_enc.zero_()
         if self.b_dec is not None:
             self.b_dec.zero_()
@@ -85,22 +84,6 @@ class SparseAutoEncoder(SparseDictionary):
             self.b_gate.zero_()
 
     # -- pieces --------------------------------------------------------------------------
-
-    @property
-    def jumprelu(self) -> JumpReLU | None:
-        return self.activation if isinstance(self.activation, JumpReLU) else None
-
-    def decoder_norms(self) -> Tensor:
-        return self.W_dec.norm(dim=-1)
-
-    @torch.no_grad()
-    def set_decoder_norm(self, norm: float | Tensor) -> None:
-        target = torch.as_tensor(norm, dtype=self.W_dec.dtype, device=self.W_dec.device)
-        self.W_dec.mul_((target / self.decoder_norms().clamp_min(1e-12)).reshape(-1, 1))
-
-    def score_scale(self) -> Tensor | None:
-        """Decoder norms used for gating (detached: the gate passes them no gradient anyway)."""
-        return self.decoder_norms().detach() if self.spec.sparsity_include_decoder_norm else None
 
     def centre(self, x_n: Tensor) -> Tensor:
         """Subtract b_dec from normalised input (identity without a decoder bias)."""
@@ -113,113 +96,39 @@ class SparseAutoEncoder(SparseDictionary):
             pre = pre * torch.sigmoid(x_c @ self.W_gate + self.b_gate)
         return pre
 
-    def _encode_normed(self, x: Tensor, k: int | None = None) -> FeatureActs:
+    def latent_pre(self, x_n: Tensor, latents: Tensor) -> Tensor:
+        return self.centre(x_n) @ self.W_enc[:, latents] + self.b_enc[latents]
+
+    def _encode_normed(self, x: Tensor, k: int | None = None, mask: Tensor | None = None) -> FeatureActs:
         k = k or self.spec.top_k
         x = x.to(self.dtype)
         scale = self.score_scale()
         if self.W_gate is None and self.spec.act_fn in ("topk", "batchtopk"):
             # Fused path: never materialises the dense (B, d_sae) activations; the kernel
             # centres by b_dec itself (a cheaper b_dec gradient than centring here).
-            op = _ops.topk_encode if self.spec.act_fn == "topk" else _ops.batchtopk_encode
+            op = self.kernels.topk_encode if self.spec.act_fn == "topk" else self.kernels.batchtopk_encode
             bias = self.b_dec if self.b_dec is not None and self.centres_input else None
-            values, indices = op(x, self.W_enc, self.b_enc, k, score_scale=scale, input_bias=bias)
+            values, indices = op(x, self.W_enc, self.b_enc, k, scale, input_bias=bias)
             return FeatureActs.from_sparse(values, indices, self.d_sae)
         return self.activation(self.hidden_pre(self.centre(x)), k=k, score_scale=scale)
 
     def decode(self, acts: FeatureActs | Tensor) -> Tensor:
         if isinstance(acts, Tensor):
             acts = FeatureActs.from_dense(acts)
-        if not acts.is_sparse and self.spec.use_triton_kernel:
-            dense = acts.dense()
-            zero_fraction = (dense == 0).float().mean().item()
-            if zero_fraction >= self.spec.sparsity_threshold_for_triton_spmm_kernel:
-                return _ops.sparse_decode(acts.indices, acts.values, self.W_dec, self.b_dec)
-        if acts.is_sparse:
-            return _ops.sparse_decode(acts.indices, acts.values, self.W_dec, self.b_dec)
+        sparse = acts.is_sparse or (
+            self.spec.use_triton_kernel
+            and should_use_sparse(acts.dense(), self.spec.sparsity_threshold_for_triton_spmm_kernel)
+        )
+        if sparse:
+            return self.kernels.sparse_decode(acts.indices, acts.values, self.W_dec, self.b_dec)
         out = acts.dense() @ self.W_dec
         return out if self.b_dec is None else out + self.b_dec
-
-    def reconstruct_from(self, acts: FeatureActs, x_n: Tensor) -> Tensor:
-        """Normalised reconstruction from the latents (and, for kinds with a skip path, the
-        normalised input)."""
-        return self.decode(acts)
-
-    def _reconstruct_normed(self, x_n: Tensor, k: int | None = None) -> Tensor:
-        return self.reconstruct_from(self._encode_normed(x_n, k), x_n)
-
-    # -- loss ----------------------------------------------------------------------------
-
-    def compute_loss(self, x_in: Tensor, x_out: Tensor | None, ctx: LossContext) -> LossOutput:
-        x_in = x_in.to(self.dtype)
-        x_out = x_in if x_out is None else x_out.to(self.dtype)
-        x_n = x_in * self.input_factor(x_in)
-        target = x_out * self.output_factor(x_out)
-        acts = self._encode_normed(x_n, ctx.k)
-        x_hat = self.reconstruct_from(acts, x_n)
-
-        mse = mse_loss(x_hat, target)
-        loss = mse
-        terms: dict[str, Tensor] = {"mse": mse.detach()}
-
-        kind = resolve_sparsity_loss_type(self.spec.act_fn, ctx.sparsity_loss_type)
-        norms = self.decoder_norms()
-        if kind != "none":
-            dense = acts.dense()
-            if kind == "power":
-                sparsity = power_loss(dense, norms, ctx.l1_coefficient, ctx.p)
-            elif kind == "tanh":
-                sparsity = tanh_loss(dense, norms, ctx.l1_coefficient, ctx.tanh_stretch_coefficient)
-            elif kind == "tanh-quad":
-                sparsity = tanh_quad_loss(
-                    dense, norms, ctx.l1_coefficient, ctx.tanh_stretch_coefficient, ctx.frequency_scale
-                )
-            else:
-                raise ValueError(f"unknown sparsity loss type {kind!r}")
-            loss = loss + sparsity
-            terms["sparsity"] = sparsity.detach()
-
-        jump = self.jumprelu
-        if jump is not None and ctx.lp_coefficient:
-            assert acts.hidden_pre is not None
-            lp = jumprelu_lp_loss(
-                acts.hidden_pre, jump.threshold, norms, ctx.lp_coefficient,
-                gated=self.spec.sparsity_include_decoder_norm,
-            )
-            loss = loss + lp
-            terms["lp"] = lp.detach()
-
-        if self.spec.is_topk_family and ctx.aux_k_coefficient > 0:
-            aux = self._aux_k(x_n, target, x_hat, acts, ctx)
-            loss = loss + aux
-            terms["aux_k"] = aux.detach()
-
-        terms["l0"] = acts.l0().mean()
-        return LossOutput(loss=loss, terms=terms, x_hat=x_hat, target=target, acts=acts)
-
-    def _aux_k(self, x_n: Tensor, target: Tensor, x_hat: Tensor, acts: FeatureActs, ctx: LossContext) -> Tensor:
-        if ctx.dead_mask is None or not bool(ctx.dead_mask.any()):
-            return x_hat.new_zeros(())
-        dead = ctx.dead_mask.to(x_hat.device).nonzero().squeeze(-1)
-        if acts.hidden_pre is not None:
-            dead_pre = acts.hidden_pre[:, dead]
-        else:
-            # Fused TopK path: compute pre-activations of the dead columns only.
-            dead_pre = self.centre(x_n) @ self.W_enc[:, dead] + self.b_enc[dead]
-        scale = self.score_scale()
-        return aux_k_loss(
-            dead_pre,
-            self.W_dec[dead],
-            target - x_hat,
-            target,
-            ctx.k_aux or max(self.d_out // 2, 1),
-            ctx.aux_k_coefficient,
-            None if scale is None else scale[dead],
-        )
 
     # -- folding and persistence ---------------------------------------------------------
 
     @torch.no_grad()
-    def _fold_norm_factors(self, a: float, c: float) -> None:
+    def _fold_norm_factors(self, a: float | Tensor, c: float | Tensor) -> None:
+        a, c = float(a), float(c)
         # Trained map: x_n = a x, pre = (x_n - b) W + b_e, x_hat_raw = (f W_d + b) / c.
         # Folded:      pre' = pre / a, f' = f / a, W_d' = W_d a / c, b' = b / c.
         # Centring with b' = b/c instead of b/a is compensated in b_enc (zero when a == c).
@@ -252,7 +161,6 @@ class SparseAutoEncoder(SparseDictionary):
         if jump is not None:
             out["log_jumprelu_threshold"] = jump.log_jumprelu_threshold
         return {k: v.detach() for k, v in out.items()}
-
 
 
 __all__ = ["SparseAutoEncoder"]

@@ -14,13 +14,12 @@ transcoder behaves like one without it.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import Tensor, nn
 
 from saeops.api.training import DictionarySpec
-from saeops.runtime.models.base import FeatureActs
+from saeops.runtime.models.acts import FeatureActs
 from saeops.runtime.models.sae import SparseAutoEncoder
 
 log = logging.getLogger("saeops.models")
@@ -43,38 +42,24 @@ class Transcoder(SparseAutoEncoder):
             )
         super().__init__(spec, d_in, d_out)
         self.W_skip: nn.Parameter | None
+        # Zero: a new transcoder behaves like one without the skip path.
         if spec.skip_connection:
             self.W_skip = nn.Parameter(torch.zeros(self.d_in, self.d_out, dtype=self.dtype))
         else:
             self.register_parameter("W_skip", None)
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Kaiming-uniform decoder and encoder (no transpose to tie to when d_in != d_out);
-        zero biases and skip."""
-        nn.init.kaiming_uniform_(self.W_dec, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.W_enc.T, a=math.sqrt(5))
-        self.b_enc.zero_()
-        if self.b_dec is not None:
-            self.b_dec.zero_()
-        if self.W_gate is not None and self.b_gate is not None:
-            nn.init.kaiming_uniform_(self.W_gate.T, a=math.sqrt(5))
-            self.b_gate.zero_()
-        if getattr(self, "W_skip", None) is not None:
-            self.W_skip.zero_()  # type: ignore[union-attr]
-
-    def reconstruct_from(self, acts: FeatureActs, x_n: Tensor) -> Tensor:
+    def _reconstruct_from(self, acts: FeatureActs, x_n: Tensor) -> Tensor:
         out = self.decode(acts)
         if self.W_skip is not None:
             out = out + x_n.to(self.W_skip.dtype) @ self.W_skip
         return out
 
     @torch.no_grad()
-    def _fold_norm_factors(self, a: float, c: float) -> None:
+    def _fold_norm_factors(self, a: float | Tensor, c: float | Tensor) -> None:
         super()._fold_norm_factors(a, c)
         if self.W_skip is not None:
             # y_raw = (a x W_skip) / c.
-            self.W_skip.mul_(a / c)
+            self.W_skip.mul_(float(a) / float(c))
 
     def weights_dict(self) -> dict[str, Tensor]:
         out = super().weights_dict()

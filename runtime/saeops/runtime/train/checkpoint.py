@@ -11,8 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from saeops.runtime.distributed.context import DistContext
+from saeops.runtime.distributed.faults import maybe_fail
+from saeops.runtime.models import SparseDictionary
 from saeops.runtime.storage import KeyNotFound, Storage
+from saeops.runtime.train.trainer import Trainer
 
 log = logging.getLogger("saeops.checkpoint")
 LATEST = "latest.json"
@@ -46,7 +51,7 @@ class Checkpointer:
     world size (RNG states are restored per rank when the world size matches).
     """
 
-    def __init__(self, storage: Storage, keep: int = 2, ctx: Any | None = None) -> None:
+    def __init__(self, storage: Storage, keep: int = 2, ctx: DistContext | None = None) -> None:
         self.storage = storage
         self.keep = keep
         self.ctx = ctx
@@ -55,10 +60,10 @@ class Checkpointer:
     def _is_writer(self) -> bool:
         return self.ctx is None or self.ctx.is_main
 
-    def save(self, model: torch.nn.Module, trainer: Any, extra: dict[str, Any] | None = None) -> str:
+    def save(self, model: SparseDictionary, trainer: Trainer, extra: dict[str, Any] | None = None) -> str:
         step = trainer.state.step
         key = f"step-{step:08d}/state.pt"
-        model_state = getattr(model, "full_state_dict", model.state_dict)()
+        model_state = model.full_state_dict()
         trainer_state = trainer.state_dict()
         rngs = self.ctx.all_gather_object(rng_state()) if self.ctx is not None else [rng_state()]
         if self._is_writer:
@@ -67,8 +72,6 @@ class Checkpointer:
                         "world_size": len(rngs), "extra": extra or {}}, buf)
             self.storage.put_bytes(key, buf.getvalue())
             # Test hook: die between the state file and the pointer (a crash mid-checkpoint).
-            from saeops.runtime.distributed.faults import maybe_fail
-
             maybe_fail("checkpoint-written", step)
             self.storage.put_json(LATEST, {"step": step, "key": key})
             self._prune(step)
@@ -103,16 +106,14 @@ class Checkpointer:
                 state = torch.load(io.BytesIO(self.storage.get_bytes(pointer["key"])), weights_only=False)
                 state["step"] = int(pointer["step"])
         if self.ctx is not None and self.ctx.distributed:
-            import torch.distributed as dist
-
             box = [state]
             dist.broadcast_object_list(box, src=0)
             state = box[0]
         return state
 
-    def restore(self, state: dict[str, Any], model: torch.nn.Module, trainer: Any) -> int:
+    def restore(self, state: dict[str, Any], model: SparseDictionary, trainer: Trainer) -> int:
         """Load a checkpoint read by `read_latest` into model and trainer; returns its step."""
-        getattr(model, "load_full_state_dict", model.load_state_dict)(state["model"])
+        model.load_full_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         rngs = state["rng"]
         if isinstance(rngs, dict):  # written by a single-process run before per-rank states
@@ -122,8 +123,3 @@ class Checkpointer:
             log.warning("checkpoint has RNG states of %d ranks; this run has a different world size", len(rngs))
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         return int(state["step"])
-
-    def load_latest(self, model: torch.nn.Module, trainer: Any) -> int | None:
-        """Restore the latest checkpoint into model and trainer; returns its step or None."""
-        state = self.read_latest()
-        return None if state is None else self.restore(state, model, trainer)

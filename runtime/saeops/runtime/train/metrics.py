@@ -7,6 +7,7 @@ loop never synchronises with the host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -70,6 +71,19 @@ class MetricWindow:
             out[f"loss_{k}"] = float(v / max(self.steps, 1))
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        """The unlogged sums (a checkpoint resumes the window mid-way)."""
+        return {"sse": self.sse.cpu(), "sst": self.sst.cpu(), "l0_sum": self.l0_sum.cpu(),
+                "fire_counts": self.fire_counts.cpu(), "terms": {k: v.cpu() for k, v in self.terms.items()},
+                "tokens": self.tokens, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = self.device
+        self.sse, self.sst, self.l0_sum = state["sse"].to(dev), state["sst"].to(dev), state["l0_sum"].to(dev)
+        self.fire_counts = state["fire_counts"].to(dev)
+        self.terms = {k: v.to(dev) for k, v in state["terms"].items()}
+        self.tokens, self.steps = int(state["tokens"]), int(state["steps"])
+
 
 class FeatureTracker:
     """Per-latent firing bookkeeping across the whole run: dead (silent for `window` tokens)
@@ -106,7 +120,7 @@ class FeatureTracker:
             "dense_fraction": float((freq > self.dense_threshold).double().mean()),
         }
 
-    def state_dict(self) -> dict[str, object]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "tokens_seen": self.tokens_seen,
             "last_fired": self.last_fired.cpu(),
@@ -114,8 +128,8 @@ class FeatureTracker:
             "recent_tokens": self.recent_tokens,
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        self.tokens_seen = int(state["tokens_seen"])  # type: ignore[arg-type]
-        self.last_fired = state["last_fired"].to(self.last_fired.device)  # type: ignore[attr-defined]
-        self.recent_counts = state["recent_counts"].to(self.recent_counts.device)  # type: ignore[attr-defined]
-        self.recent_tokens = int(state["recent_tokens"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens_seen = int(state["tokens_seen"])
+        self.last_fired = state["last_fired"].to(self.last_fired.device)
+        self.recent_counts = state["recent_counts"].to(self.recent_counts.device)
+        self.recent_tokens = int(state["recent_tokens"])

@@ -1,19 +1,50 @@
 """Activation sources for training: the live model (ActivationStream) or an ActivationCache.
 
-Both give the same interface: widths per hook point, a sample for initialisation, and a
-resumable stream of row-aligned batches `{hook: Tensor[B, d]}` for this data-parallel rank.
+Both are a `Source`: widths per hook point, a sample for initialisation, and a resumable
+stream of row-aligned batches `{hook: Tensor[B, d]}` for this data-parallel rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Protocol
 
 import torch
 
 from saeops.api import SAETrainingRunSpec, SpecError
+from saeops.runtime.cache import CacheReader, check_compatible, load_manifest
+from saeops.runtime.data import ActivationStream, load_text_dataset, sample_activations
+from saeops.runtime.lm import LanguageModel, load_language_model
+from saeops.runtime.storage import open_storage
 
 Batch = dict[str, torch.Tensor]
+
+
+class Source(Protocol):
+    """Where a training job's activations come from."""
+
+    @property
+    def lm(self) -> LanguageModel | None:
+        """The language model producing them (live sources), or None (a cache)."""
+        ...
+
+    def dims(self) -> dict[str, int]:
+        """Width of each hook point."""
+        ...
+
+    def sample(self, n_tokens: int, seed: int) -> Batch:
+        """`n_tokens` rows of the whole stream (every rank the same), for initialisation."""
+        ...
+
+    def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """This rank's batches from batch `skip_batches` on (a resumed run skips those done)."""
+        ...
+
+
+class SourceFactory(Protocol):
+    """Builds the source of rank `rank` of `world_size` data ranks (`TrainingJob(source=...)`)."""
+
+    def __call__(self, spec: SAETrainingRunSpec, hooks: list[str], *, rank: int, world_size: int) -> Source: ...
 
 
 class LiveSource:
@@ -21,22 +52,17 @@ class LiveSource:
 
     def __init__(self, spec: SAETrainingRunSpec, hooks: list[str], device: torch.device,
                  rank: int = 0, world_size: int = 1) -> None:
-        from saeops.runtime.data import load_text_dataset
-        from saeops.runtime.lm import load_language_model
-
         assert spec.dataset is not None  # the spec validator requires it for live runs
         self.spec, self.hooks = spec, hooks
         self.rank, self.world_size = rank, world_size
-        self.lm = load_language_model(spec.model, device=str(device))
+        self.lm: LanguageModel = load_language_model(spec.model, device=str(device))
         self.documents = load_text_dataset(spec.dataset)  # loaded once, shared by every stream
 
     def dims(self) -> dict[str, int]:
         return {h: self.lm.d_model(h) for h in self.hooks}
 
     def _stream(self, seed: int, batch_size: int, skip_batches: int = 0, *, whole: bool = False,
-                buffer_size: int | None = None) -> Any:
-        from saeops.runtime.data import ActivationStream
-
+                buffer_size: int | None = None) -> ActivationStream:
         acts = self.spec.activations
         return ActivationStream(
             self.lm, self.spec.dataset, self.hooks, batch_size=batch_size,
@@ -69,8 +95,6 @@ class LiveSource:
             carry = data
 
     def sample(self, n_tokens: int, seed: int) -> Batch:
-        from saeops.runtime.data import sample_activations
-
         # The whole stream, not this rank's part: every rank initialises from the same sample.
         if self.sequences:
             n_seq = -(-n_tokens // self.spec.dataset.context_size)
@@ -90,10 +114,9 @@ class LiveSource:
 class CacheSource:
     """Activations read from an ActivationCache (local `cacheUri`, or resolved by the operator)."""
 
-    def __init__(self, spec: SAETrainingRunSpec, hooks: list[str], rank: int = 0, world_size: int = 1) -> None:
-        from saeops.runtime.cache import check_compatible, load_manifest
-        from saeops.runtime.storage import open_storage
+    lm: LanguageModel | None = None
 
+    def __init__(self, spec: SAETrainingRunSpec, hooks: list[str], rank: int = 0, world_size: int = 1) -> None:
         acts = spec.activations
         if acts.cache_uri is None:
             raise SpecError(
@@ -120,8 +143,6 @@ class CacheSource:
 
     def _reader(self, seed: int, batch_size: int, start_batch: int, epochs: int | None, *,
                 whole: bool = False) -> Iterator[Batch]:
-        from saeops.runtime.cache import CacheReader
-
         # One reader over every hook point: rows stay aligned (transcoder input/label pairs).
         reader = CacheReader(self.storage, self.hooks, batch_size=batch_size, seed=seed,
                              rank=0 if whole else self.rank, world_size=1 if whole else self.world_size,
@@ -131,8 +152,6 @@ class CacheSource:
             yield {**b.by_hook, "tokens": b.tokens}
 
     def sample(self, n_tokens: int, seed: int) -> Batch:
-        from saeops.runtime.data import sample_activations
-
         # The whole cache, not this rank's part: every rank initialises from the same sample.
         return sample_activations(self._reader(seed, min(n_tokens, 4096), 0, None, whole=True), n_tokens)
 

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import torch
 
-from saeops.api import DictionarySpec, TrainerSpec
-from saeops.runtime.models import FeatureActs, LossContext, SparseDictionary
+from saeops.api import TrainerSpec
+from saeops.runtime.models import LossContext, SparseDictionary, init_inputs
 from saeops.runtime.train.metrics import FeatureTracker, MetricWindow
 from saeops.runtime.train.schedules import k_at, l1_coefficient_at, lr_factor
 
@@ -29,16 +29,6 @@ class TrainState:
     tokens: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def fire_stats(acts: FeatureActs, d_sae: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token L0 and per-latent firing counts of one batch, from sparse or dense activations."""
-    if acts.is_sparse:
-        active = acts.values != 0
-        counts = torch.bincount(acts.indices[active].reshape(-1), minlength=d_sae)
-        return active.sum(-1), counts
-    active = acts.dense().detach() != 0
-    return active.sum(-1), active.sum(0)
 
 
 def build_optimizer(model: SparseDictionary, trainer: TrainerSpec) -> torch.optim.Optimizer:
@@ -80,40 +70,35 @@ class TrainerComm(Protocol):
 
 
 class Trainer:
-    """Trains one dictionary on a stream of batches `{hook_point: Tensor[B, d]}`."""
+    """Trains one dictionary on a stream of batches `{hook_point: Tensor[B, d]}` (the hook points
+    of the dictionary's spec; sequence kinds also read the batch's `mask`)."""
 
     def __init__(
         self,
         model: SparseDictionary,
-        sae: DictionarySpec,
         trainer: TrainerSpec,
         *,
-        hook_in: str,
-        hook_out: str,
         on_log: Callable[[dict[str, float]], None] | None = None,
-        on_step: Callable[[TrainState], None] | None = None,
-        progress: Any | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
         device: torch.device | str = "cpu",
         comm: TrainerComm | None = None,
     ) -> None:
+        """`on_log(values)` runs after every logging step; `on_step(trainer)` after every step."""
         self.model = model
         self.comm = comm
-        self.sae = sae
+        self.sae = model.spec
         self.cfg = trainer
-        self.hook_in, self.hook_out = hook_in, hook_out
         self.on_log, self.on_step = on_log, on_step
-        self.progress = progress
         self.device = torch.device(device)
         self.optimizer = build_optimizer(model, trainer)
         self.state = TrainState()
         self.window = MetricWindow(model.d_sae, self.device)
         self.tracker = FeatureTracker(model.d_sae, trainer.dead_feature_window, trainer.dense_feature_threshold,
                                       self.device)
-        self.final: dict[str, float] = {}
         self._layer_values: dict[str, float] = {}
 
     def _context(self, step: int, attention_mask: torch.Tensor | None = None) -> LossContext:
-        return LossContext.from_trainer_spec(
+        return LossContext(
             self.cfg,
             k=k_at(step, self.sae, self.cfg),
             l1_coefficient=l1_coefficient_at(step, self.cfg),
@@ -122,15 +107,11 @@ class Trainer:
         )
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_in, x_out): `(B, d)` for an SAE/transcoder, `(B, T, d)` for Lorsa (sequence
-        batches), and for a CLT the per-layer hooks stacked to `(B, L, d)` in layer order."""
-        if self.sae.type == "clt":
-            x_in = torch.stack([batch[h] for h in self.sae.hook_points_in], dim=1)
-            x_out = torch.stack([batch[h] for h in self.sae.hook_points_out], dim=1)
-            return x_in.to(self.device, non_blocking=True), x_out.to(self.device, non_blocking=True)
-        x_in = batch[self.hook_in].to(self.device, non_blocking=True)
-        x_out = x_in if self.hook_out == self.hook_in else batch[self.hook_out].to(self.device, non_blocking=True)
-        return x_in, x_out
+        """(x_in, x_out) on the device: `(B, d)` for an SAE/transcoder, `(B, T, d)` for Lorsa
+        (sequence batches), a CLT's per-layer hooks stacked to `(B, L, d)` (`init_inputs`)."""
+        x_in, x_out = init_inputs(self.sae, batch)
+        moved = x_in.to(self.device, non_blocking=True)
+        return moved, moved if x_out is x_in else x_out.to(self.device, non_blocking=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.cfg.amp_dtype == "float32":
@@ -159,21 +140,21 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
         self.optimizer.step()
 
-        l0, counts = fire_stats(out.acts, self.model.d_sae)
+        counts = out.acts.fire_counts()
         terms = {k: v for k, v in out.terms.items() if k != "l0"}
         # The window keeps local sums (reduced when logging); the tracker needs global counts
         # every step so the dead mask (Aux-K) is the same on every rank.
-        self.window.update(out.x_hat, out.target, l0, counts, {"total": out.loss.detach(), **terms})
+        self.window.update(out.x_hat, out.target, out.acts.l0(), counts, {"total": out.loss.detach(), **terms})
         # Tokens scored: rows of the (flattened, unpadded) target; B for (B, d) and (B, L, d).
         n_tokens = out.target.shape[0]
         if self.comm is not None:
             counts = self.comm.reduce_counts(counts)
             n_tokens *= self.comm.data_size
         self.tracker.update(counts, n_tokens)
-        per_layer = getattr(self.model, "per_layer_metrics", None)
-        if per_layer is not None and ((step + 1) % self.cfg.log_frequency == 0 or step + 1 >= self.cfg.total_steps):
+        if (step + 1) % self.cfg.log_frequency == 0 or step + 1 >= self.cfg.total_steps:
             # Per-layer metrics (CLT) of the last batch of each logging window.
-            self._layer_values = {f"layer{layer}_{k}": v for layer, m in per_layer(out).items() for k, v in m.items()}
+            self._layer_values = {f"layer{layer}_{k}": v for layer, m in self.model.per_layer_metrics(out).items()
+                                  for k, v in m.items()}
         self.state.step += 1
         self.state.tokens += n_tokens
 
@@ -182,7 +163,7 @@ class Trainer:
         if self.comm is not None:
             self.comm.reduce_window(self.window)
         # A CLT's window sums the error over its L output layers.
-        values = self.window.compute(self.model.d_out * getattr(self.model, "n_layers", 1))
+        values = self.window.compute(self.model.d_out * self.model.n_layers)
         values.update(self.tracker.compute())
         values.update(self._layer_values)
         values.update(
@@ -208,22 +189,18 @@ class Trainer:
         for batch in batches:
             if self.state.step >= total_steps:
                 break
-            tokens_before = self.state.tokens
             self.train_step(batch)
             self.state.seconds = time.perf_counter() - t0
-            if self.progress is not None:
-                self.progress.update(self.state.tokens - tokens_before)
             last = self.state.step >= total_steps
             if self.state.step % self.cfg.log_frequency == 0 or last:
                 values = self.log_metrics()
             if self.on_step is not None:
-                self.on_step(self.state)
+                self.on_step(self)
         if self.state.step < total_steps:
             log.warning("activation stream ended after %d of %d steps", self.state.step, total_steps)
             unlogged = self.window.steps > 0 if self.comm is None else self.comm.window_has_steps(self.window)
             if unlogged:
                 values = self.log_metrics()
-        self.final = values
         return values
 
     # -- checkpoint state (weights are saved by the caller)
@@ -235,13 +212,9 @@ class Trainer:
         if self.comm is not None:
             optimizer = self.comm.export_optimizer(optimizer)
             self.comm.consolidate_window(self.window)
-        w = self.window
         return {
             "optimizer": optimizer,
-            "window": {"sse": w.sse.cpu(), "sst": w.sst.cpu(), "l0_sum": w.l0_sum.cpu(),
-                       "fire_counts": w.fire_counts.cpu(), "terms": {k: torch.as_tensor(v).cpu()
-                                                                     for k, v in w.terms.items()},
-                       "tokens": w.tokens, "steps": w.steps},
+            "window": self.window.state_dict(),
             "step": self.state.step,
             "tokens": self.state.tokens,
             "seconds": self.state.seconds,
@@ -256,11 +229,6 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer)
         # The saved window holds the whole (data-group) sums: one rank carries them on.
         if "window" in state and (self.comm is None or self.comm.data_rank == 0):
-            w, saved = self.window, state["window"]
-            dev = w.sse.device
-            w.sse, w.sst, w.l0_sum = saved["sse"].to(dev), saved["sst"].to(dev), saved["l0_sum"].to(dev)
-            w.fire_counts = saved["fire_counts"].to(dev)
-            w.terms = {k: v.to(dev) for k, v in saved["terms"].items()}
-            w.tokens, w.steps = int(saved["tokens"]), int(saved["steps"])
+            self.window.load_state_dict(state["window"])
         self.state = TrainState(state["step"], state["tokens"], state["seconds"], list(state["history"]))
         self.tracker.load_state_dict(state["tracker"])
