@@ -164,7 +164,8 @@ async def api_server(tmp: Path) -> AsyncIterator[ApiServer]:
 @asynccontextmanager
 async def operator_process(kubeconfig: Path, log: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
     """The real operator, on loopback only (its /metrics off; kopf's liveness on 127.0.0.1)."""
-    full_env = {**os.environ, **env, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {**os.environ, **env, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": path}
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "saeops.operator", "--namespace", NS, "--interval", "1", "--no-scanning",
