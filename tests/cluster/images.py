@@ -214,7 +214,7 @@ def image_tag(args: dict[str, str], extras: dict[str, Path]) -> str:
 def build_saeops(docker: Docker, work: Path, base: str, uv: str, log: BuildLog) -> str:
     """The CPU variant of the Dockerfile, built with the legacy builder (which needs every stage's
     base: CUDA_IMAGE is the local base too); returns its tag. Older tags of the repository are
-    removed (their layers are mostly shared)."""
+    removed afterwards, in the background."""
     args, extras = build_inputs(work, base, uv)
     tag = image_tag(args, extras)
     if docker.image_exists(tag):
@@ -228,10 +228,11 @@ def build_saeops(docker: Docker, work: Path, base: str, uv: str, log: BuildLog) 
     _run([*cmd, str(context)], work / "build.log", env={**os.environ, "DOCKER_BUILDKIT": "0"})
     shutil.rmtree(context, ignore_errors=True)
     log.add("saeops", f"built ({tag})", time.monotonic() - t0)
-    old = docker("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO).stdout.split()
-    for ref in old:
-        if ref != tag and ref.startswith(f"{IMAGE_REPO}:cpu-"):
-            docker("rmi", ref, check=False)
+    stale = [ref for ref in docker("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO).stdout.split()
+             if ref != tag and ref.startswith(f"{IMAGE_REPO}:cpu-")]
+    if stale:  # in the background: removing GBs of layers can take minutes on a busy disk
+        subprocess.Popen([docker.binary, "rmi", *stale], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     return tag
 
 
