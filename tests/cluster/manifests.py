@@ -16,8 +16,8 @@ Obj = dict[str, Any]
 HOOK = "blocks.3.hook_resid_post"
 LEAN_TRAINER = {"totalTrainingTokens": 8192, "batchSize": 1024, "logFrequency": 2, "checkpointInterval": 4}
 CACHE_TOKENS = 8192
-FROM_CACHE_TOKENS = 16384
-"""Two passes over the cache: enough steps to stop a run between two of them."""
+FROM_CACHE_TOKENS = 65536
+"""Eight passes over the cache: 64 short steps, time enough to stop a run between two of them."""
 LEAN_SAE = {"expansionFactor": 4, "topK": 16}
 LEAN_INIT = {"biasInitMethod": "all_zero", "gridSearchInitNorm": False, "initTokens": 2048}
 
