@@ -2,11 +2,14 @@
 
 Reads the resource manifest (the operator's ConfigMap `spec.json`) from `--spec PATH` or
 the `SAEOPS_SPEC` environment variable (a path, or the JSON itself) and runs it through the
-same code path as `saeops run`. Only rank 0 serves /metrics (`SAEOPS_METRICS_PORT`).
+same code path as `saeops run`. Only rank 0 serves /metrics (`SAEOPS_METRICS_PORT`), on the
+pod IP when the downward API gives one (`SAEOPS_POD_IP`).
 
 Under torchrun it joins the process group (`saeops.runtime.distributed`). Exit status: 0 done;
 2 bad input; 143 (`EXIT_PREEMPTED`) stopped on SIGTERM after writing a checkpoint (resume by
-starting again); anything else is a failure.
+starting again); anything else is a failure. The outcome is also the container's termination
+message (`/dev/termination-log`, or `$SAEOPS_TERMINATION_LOG`): the final metrics as JSON, or
+the one `error: ...` line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Sequence
 
 from saeops.api import EXIT_BAD_INPUT, AnyResource, SpecError, load_resource, parse_resource
 
+EXIT_FAILED = 1
+
 
 def read_spec(path: str | None) -> AnyResource:
     source = path or os.environ.get("SAEOPS_SPEC")
@@ -28,6 +33,14 @@ def read_spec(path: str | None) -> AnyResource:
     if source.lstrip().startswith("{"):
         return parse_resource(json.loads(source), "SAEOPS_SPEC")
     return load_resource(source)
+
+
+def error_line(e: BaseException) -> str:
+    """One line for the termination message: bad input as is, anything else with its type."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, SpecError):
+        return f"error: {text}"
+    return f"error: {type(e).__name__}: {text}" if text else f"error: {type(e).__name__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,16 +52,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     port_env = os.environ.get("SAEOPS_METRICS_PORT")
     metrics_port = int(port_env) if port_env and rank == 0 else None
-    try:
-        from saeops.runtime.launch import run_resource
+    from saeops.runtime.launch import run_resource, write_termination_message
 
+    try:
         res = read_spec(args.spec)
         # Pods log to a collector, not a terminal: no progress bar there.
         progress = not args.no_progress and sys.stderr.isatty()
         return run_resource(res, progress=progress, metrics_port=metrics_port, in_worker=True)
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
+        line = error_line(e)
+        print(line, file=sys.stderr)
+        write_termination_message(line)
         return EXIT_BAD_INPUT
+    except Exception as e:
+        # The traceback goes to the log; the one line is what `kubectl describe` and the CR show.
+        logging.getLogger("saeops.run").exception("the run failed")
+        line = error_line(e)
+        print(line, file=sys.stderr)
+        write_termination_message(line)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ hook_point (one series per layer for cross-layer transcoders).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -26,8 +27,18 @@ GAUGES: dict[str, str] = {
     "saeops_step": "Optimiser steps done",
     "saeops_progress_ratio": "Fraction of the run done (0..1)",
     "saeops_learning_rate": "Current learning rate",
+    "saeops_checkpoint_step": "Optimiser steps at the last checkpoint (0: none yet)",
 }
 LOSS_GAUGE = "saeops_loss"
+POD_IP_ENV = "SAEOPS_POD_IP"
+"""The pod's IP (downward API `status.podIP`): servers bind there, not on every interface, so
+pods that share a network namespace (host networking, or a test that runs pods as containers
+on one host) never collide on a port."""
+
+
+def bind_address(default: str = "0.0.0.0") -> str:
+    """Where this process's servers listen: the pod IP when the pod says it, else `default`."""
+    return os.environ.get(POD_IP_ENV) or default
 
 
 class RunMetrics:
@@ -43,9 +54,10 @@ class RunMetrics:
         self.port: int | None = None
         self._server = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Start the /metrics server; port 0 picks a free port. Returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str | None = None) -> int:
+        """Start the /metrics server (on `bind_address()` unless `addr`); port 0 picks a free
+        port. Returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr or bind_address(), registry=self.registry)
         self._server = server
         self.port = server.server_address[1]
         return self.port
