@@ -149,7 +149,7 @@ def test_a_foreign_object_holding_a_group_child_name_fails_the_sweep():
     squatter["metadata"]["ownerReferences"] = []
     squatter["metadata"]["uid"] = "theirs"
     obs = ObservedSweep(resource=obs.resource, trials=obs.trials,
-                        children=tuple(c for c in obs.children if c["kind"] != "Job") + (squatter,))
+                        children=(*(c for c in obs.children if c["kind"] != "Job"), squatter))
     d = reconcile_sweep(obs, T0)
     failed = cond(d.status, "Failed")
     assert failed["reason"] == "NameConflict" and f"Job {JOB}" in failed["message"] and not d.delete
