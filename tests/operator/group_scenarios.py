@@ -106,9 +106,10 @@ async def grouped_sweep(c: Cluster) -> None:
     run = await c.wait_phase(RUNS, "gs-1", "Failed")
     failed = c.condition(run, "Failed")
     assert failed["reason"] == "MemberFailed" and failed["message"] == report["gs-1"]["error"]
-    s = await c.wait("best trial gs-2", lambda: (r := c.get(SWEEPS, SWEEP))
-                     and (r.get("status") or {}).get("bestTrial", {}).get("name") == "gs-2" and r)
-    assert s["status"]["phase"] == "Running" and s["status"]["trialsFailed"] == 1  # gs-3 is still to run
+    s = await c.wait("best trial gs-2, one failed", lambda: (r := c.get(SWEEPS, SWEEP))
+                     and (r.get("status") or {}).get("bestTrial", {}).get("name") == "gs-2"
+                     and r["status"].get("trialsFailed") == 1 and r["status"].get("trialsSucceeded") == 2 and r)
+    assert s["status"]["phase"] == "Running"  # gs-3 is still to run
 
     # Resumed, gs-3 runs alone from its checkpoint; the finished group Job is left as it was.
     versions = c.history(JOBS, job_name)
