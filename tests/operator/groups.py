@@ -85,7 +85,8 @@ def group_pod(job: Obj, name: str = "p", phase: str = "Running", message: str | 
     return {"apiVersion": "v1", "kind": "Pod", "status": status, "metadata": {
         "name": f"{job['metadata']['name']}-{index}-{name}", "creationTimestamp": created,
         "labels": dict(job["spec"]["template"]["metadata"]["labels"]),
-        "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        "annotations": {**job["spec"]["template"]["metadata"]["annotations"],
+                        "batch.kubernetes.io/job-completion-index": str(index)},
         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
                              "uid": job["metadata"]["uid"], "controller": True}]}}
 

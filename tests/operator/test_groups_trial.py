@@ -154,3 +154,25 @@ def test_group_report_parsing_is_bounded_and_tolerant():
     out = outcome.parse(json.dumps({"members": {"err": members["err"]}}))
     assert out.members["err"].error == "error: the real line"
     assert outcome.group_report(()) is None
+
+
+def test_a_group_pods_event_reconciles_the_sweep_and_every_member():
+    import asyncio
+
+    import kopf
+
+    from saeops.operator.handlers import Operator, build_registry
+
+    obs = grouped_sweep()
+    pod = group_pod(child(obs, "Job"))
+    op = Operator(1.0)
+    seen: list[tuple[str, str, str]] = []
+
+    async def record(kind: str, namespace: str, name: str, retry: bool = False) -> None:
+        seen.append((kind, namespace, name))
+
+    op.reconcile_key = record  # type: ignore[method-assign]
+    (handler,) = [h for h in build_registry(op)._watching.get_all_handlers() if h.selector.any_name == "pods"]
+    body = kopf.Body(pod)  # kopf hands labels and annotations as read-only mapping views
+    asyncio.run(handler.fn(labels=body.metadata.labels, annotations=body.metadata.annotations, namespace="default"))
+    assert seen == [("SAESweep", "default", "sw")] + [("SAETrainingRun", "default", f"sw-{i}") for i in range(4)]

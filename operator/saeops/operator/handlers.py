@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -266,13 +266,13 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         def forget(namespace: str, name: str, _kind: str = kind, **_: Any) -> None:
             opmetrics.record_phase(_kind, namespace, name, None)
 
-    async def on_child(labels: dict[str, str], annotations: dict[str, str], namespace: str, **_: Any) -> None:
+    async def on_child(labels: dict[str, str], annotations: Mapping[str, str], namespace: str, **_: Any) -> None:
         kind = KIND_BY_LABEL.get(labels.get(names.LABEL_KIND, ""))
         owner = labels.get(names.LABEL_RUN)
         if kind and owner:
             await op.reconcile_key(kind, namespace, owner)
         # A group's Job and pods (the sweep's) also concern the trials they train.
-        for trial in members_of({"metadata": {"annotations": annotations}}) or {}:
+        for trial in members_of({"metadata": {"annotations": dict(annotations or {})}}) or {}:
             await op.reconcile_key("SAETrainingRun", namespace, trial)
 
     child_labels = {names.LABEL_RUN: kopf.PRESENT, names.LABEL_KIND: kopf.PRESENT}
