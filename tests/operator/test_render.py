@@ -262,8 +262,15 @@ def _grouped_sweep_big():
     return doc
 
 
-@pytest.mark.parametrize("doc", [sweep_doc(max_trials=4, parallel=4, grouped=True), _grouped_sweep_big()],
-                         ids=["grouped", "grouped-big"])
+def _as_written(doc):
+    """A manifest as `saeops render` reads it from a file: no namespace, uid or generation."""
+    doc["metadata"] = {"name": doc["metadata"]["name"]}
+    return doc
+
+
+@pytest.mark.parametrize("doc", [sweep_doc(max_trials=4, parallel=4, grouped=True), _grouped_sweep_big(),
+                                 _as_written(sweep_doc(max_trials=4, parallel=4, grouped=True))],
+                         ids=["grouped", "grouped-big", "as-written"])
 def test_group_children_validate_and_pods_are_restricted(doc):
     objs = render_manifest(doc)
     kinds = [o["kind"] for o in objs]

@@ -108,8 +108,8 @@ def plan_new_trials(sweep: Obj, model: SAESweep, missing: Sequence[int], free: i
 def render_sweep_groups(sweep: Obj, trials: Sequence[Obj], policy: ClusterPolicy) -> list[Obj]:
     """The children of every group among freshly rendered trials (for `saeops render`)."""
     by_group: dict[str, list[Obj]] = {}
-    for trial in trials:
-        group = group_of(trial)
+    for trial in trials:  # fresh trials: no status, and in `saeops render` no uid
+        group = trial["metadata"]["labels"].get(names.LABEL_GROUP)
         if group:
             by_group.setdefault(group, []).append(trial)
     out: list[Obj] = []
