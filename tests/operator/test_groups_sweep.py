@@ -182,3 +182,16 @@ def test_a_group_reading_a_cache_waits_for_it_and_the_members_get_its_uri():
     member = json.loads(cm["data"]["member-001.json"])
     assert member["spec"]["activations"] == {"cacheUri": "s3://bucket/caches/acts"}
     assert apply_sweep(obs, d).children
+
+
+def test_trials_on_different_streams_get_different_groups():
+    doc = sweep_doc(max_trials=4, parallel=4, grouped=True)
+    doc["spec"]["parameters"] = [{"name": "sae.topK", "categorical": [16, 32]},
+                                 {"name": "trainer.seed", "categorical": [1, 2]}]  # the seed orders the stream
+    d, obs = step_sweep(ObservedSweep(resource=doc))
+    labels = {t["metadata"]["name"]: t["metadata"]["labels"][names.LABEL_GROUP] for t in d.create}
+    assert labels == {"sw-0": names.group_name("sw", [0, 2]), "sw-2": names.group_name("sw", [0, 2]),
+                      "sw-1": names.group_name("sw", [1, 3]), "sw-3": names.group_name("sw", [1, 3])}
+    d, obs = step_sweep(obs)
+    jobs = [c for c in d.create if c["kind"] == "Job"]
+    assert [list(members(j)) for j in jobs] == [["sw-0", "sw-2"], ["sw-1", "sw-3"]]

@@ -82,16 +82,10 @@ def plan_new_trials(sweep: Obj, model: SAESweep, missing: Sequence[int], free: i
     if free <= 0 or not missing:
         return []
     rendered = {i: render_trial(sweep, model, i) for i in missing[:max(free, CANDIDATES)]}
-    runs = []
-    for i, trial in rendered.items():
-        run = _trial_model(trial)
-        if run is not None:
-            runs.append((i, run.spec))
-        else:  # its own reconcile says what is wrong with it
-            runs.append((i, None))
-    valid = [(i, spec) for i, spec in runs if spec is not None]
+    models = {i: _trial_model(trial) for i, trial in rendered.items()}
+    valid = [(i, run.spec) for i, run in models.items() if run is not None]
     groups = plan_groups(valid, model.spec.grouping, free) if valid else []
-    groups += [[i] for i, spec in runs if spec is None]
+    groups += [[i] for i, run in models.items() if run is None]  # its own reconcile says what is wrong
     out: list[Obj] = []
     for members in sorted(groups, key=min):
         members = sorted(members)[: free - len(out)]
