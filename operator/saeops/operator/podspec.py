@@ -195,12 +195,13 @@ def torchrun_command(job: str, service: str, num_nodes: int, nproc: int, args: l
 
 
 def indexed_job(owner: Obj, model: SAETrainingRun | ActivationCache, *, job: str, svc: str, configmap: str,
-        labels: dict[str, str], identity: dict[str, str], args: list[str] | None = None,
-        annotations: dict[str, str] | None = None, backoff_limit: int = 0) -> Obj:
+        labels: dict[str, str], identity: dict[str, str], spec_path: str | None = None,
+        args: list[str] | None = None, annotations: dict[str, str] | None = None, backoff_limit: int = 0) -> Obj:
     """The Indexed Job: one pod per node, torchrun inside, Pod Security "restricted".
 
     `model` gives the pods (image, resources, storage, sources); `identity` the SAEOPS_* variables
-    saying what they run; `annotations` go on the Job and its pods."""
+    saying what they run, `spec_path` the manifest (SAEOPS_SPEC), `args` the entrypoint's
+    arguments; `annotations` go on the Job and its pods."""
     spec = model.spec
     res = spec.resources
     metrics_port = metrics_port_of(model)
@@ -220,6 +221,7 @@ def indexed_job(owner: Obj, model: SAETrainingRun | ActivationCache, *, job: str
         {"name": "SAEOPS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         # The runtime binds its metrics and rendezvous sockets to the pod's own address.
         {"name": "SAEOPS_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *([{"name": "SAEOPS_SPEC", "value": spec_path}] if spec_path else []),
         {"name": "SAEOPS_METRICS_PORT", "value": str(metrics_port)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": k, "value": v} for k, v in SCRATCH_ENV.items()),

@@ -78,10 +78,10 @@ def render_network_policy(resource: Obj, metrics_port: int, policy: ClusterPolic
 def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
     """The Indexed Job: one pod per node, torchrun inside, Pod Security "restricted"."""
     kind, name = resource["kind"], resource["metadata"]["name"]
-    identity = {"SAEOPS_RUN_NAME": name, "SAEOPS_KIND": kind, "SAEOPS_SPEC": f"{SPEC_DIR}/{SPEC_FILE}"}
     return podspec.indexed_job(
         resource, model, job=names.job_name(kind, name), svc=names.service_name(kind, name),
-        configmap=names.configmap_name(kind, name), labels=child_labels(kind, name), identity=identity,
+        configmap=names.configmap_name(kind, name), labels=child_labels(kind, name),
+        identity={"SAEOPS_RUN_NAME": name, "SAEOPS_KIND": kind}, spec_path=f"{SPEC_DIR}/{SPEC_FILE}",
     )
 
 
