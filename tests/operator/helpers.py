@@ -76,7 +76,9 @@ def run_on_cache(cache: str = "acts") -> Obj:
 
 
 def sweep_doc(max_trials: int = 4, parallel: int = 2, max_failed: int = 2, target: float | None = None,
-              algorithm: Obj | None = None) -> Obj:
+              algorithm: Obj | None = None, grouped: bool = False, max_group: int = 8) -> Obj:
+    """A 2x2 grid sweep over the quickstart. Its trials share one activation stream, so with
+    `grouped` they train in groups (of at most `max_group`); without, each has its own Job."""
     template = copy.deepcopy(quickstart()["spec"])
     objective: Obj = {"metric": "explained_variance", "goal": "maximize", "paretoMetric": "l0"}
     if target is not None:
@@ -96,6 +98,7 @@ def sweep_doc(max_trials: int = 4, parallel: int = 2, max_failed: int = 2, targe
             "maxTrials": max_trials,
             "parallelTrials": parallel,
             "maxFailedTrials": max_failed,
+            "grouping": {"enabled": grouped, "maxTrials": max_group},
         },
     })
 

@@ -29,6 +29,7 @@ from .emulator import (
     free_port,
     running_operator,
 )
+from .group_scenarios import grouped_sweep
 from .helpers import cache_doc, quickstart, sweep_doc
 
 Obj = dict[str, Any]
@@ -315,7 +316,7 @@ async def spec_change_and_ttl(c: Cluster) -> None:
     await c.wait("cache deleted after its TTL", lambda: c.get(CACHES, "brief") is None)
 
 
-ALL = [lifecycle, failures, sweep, same_name, foreign_children, rejected, transient, spec_change_and_ttl]
+ALL = [lifecycle, failures, sweep, same_name, foreign_children, rejected, transient, spec_change_and_ttl, grouped_sweep]
 
 
 @dataclass

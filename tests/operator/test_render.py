@@ -250,3 +250,52 @@ def test_render_output_has_no_shared_objects():
     for doc in (quickstart(), cache_doc()):
         text = yaml.safe_dump_all(_children(doc), sort_keys=False)
         assert "&id" not in text and "*id" not in text
+
+
+def _grouped_sweep_big():
+    """A grouped sweep whose trials use the big run's pods (GPUs, queue, S3 endpoint)."""
+    doc = sweep_doc(max_trials=4, parallel=4, grouped=True)
+    big = _big_run()["spec"]
+    for key in ("resources", "parallelism", "queueName", "output"):
+        doc["spec"]["trialTemplate"][key] = big[key]
+    doc["spec"]["trialTemplate"]["trainer"]["batchSize"] = 4096
+    return doc
+
+
+def _as_written(doc):
+    """A manifest as `saeops render` reads it from a file: no namespace, uid or generation."""
+    doc["metadata"] = {"name": doc["metadata"]["name"]}
+    return doc
+
+
+@pytest.mark.parametrize("doc", [sweep_doc(max_trials=4, parallel=4, grouped=True), _grouped_sweep_big(),
+                                 _as_written(sweep_doc(max_trials=4, parallel=4, grouped=True))],
+                         ids=["grouped", "grouped-big", "as-written"])
+def test_group_children_validate_and_pods_are_restricted(doc):
+    objs = render_manifest(doc)
+    kinds = [o["kind"] for o in objs]
+    assert kinds == ["SAETrainingRun"] * 4 + ["ConfigMap", "Service", "NetworkPolicy", "Job"]
+    for obj in objs[4:]:
+        kubernetes_validate.validate(obj, K8S, strict=True)
+    job = objs[-1]
+    pod = job["spec"]["template"]["spec"]
+    assert _restricted_violations(pod) == [] and pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["command"][-2:] == ["--group", "/etc/saeops"]
+    trial = parse_resource(objs[0]).spec
+    # The Job controller retries a group's pods (each member resumes): maxRestarts per node.
+    assert job["spec"]["backoffLimit"] == trial.failure_policy.max_restarts * trial.resources.num_nodes > 0
+    assert pod["volumes"][0] == {"name": "spec", "configMap": {"name": objs[4]["metadata"]["name"]}}
+
+
+def test_group_child_names_never_take_a_run_or_cache_childs_name():
+    pool = ["a", "a-run", "a-cache", "a-group", "x" * 63, "1a", "s-1a"]
+    groups = [names.group_name(s, [i, i + 1]) for s in pool for i in (0, 7)]
+    assert len(set(groups)) == len(groups) and all(k8s.is_dns_label(g) for g in groups)
+    made = {names.group_job_name(g) for g in groups} | {names.group_configmap_name(g) for g in groups}
+    made |= {names.group_service_name(g) for g in groups}
+    for kind in ("SAETrainingRun", "ActivationCache"):
+        for n in pool + groups:
+            for fn in (names.job_name, names.service_name, names.configmap_name):
+                assert fn(kind, n) not in made
+    assert names.group_name("sw", [0, 1, 2]) != names.group_name("sw", [0, 1, 3])  # same first trial, other group

@@ -7,6 +7,8 @@ from typing import Any
 
 RUN_CONDITIONS = ("Admitted", "Running", "Succeeded", "Failed", "Suspended")
 CACHE_READY = "CacheReady"
+GROUPED = "Grouped"
+"""On a sweep's trial packed into a group: True while its group's Job trains it, False once it left."""
 SWEEP_CONDITIONS = ("Running", "Succeeded", "Failed", "Suspended")
 SPEC_FAILURES = frozenset({"InvalidSpec", "Forbidden", "Rejected", "NameConflict"})
 """Failed reasons about the resource as written: terminal for its generation, retried on the next."""

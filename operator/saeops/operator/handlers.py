@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ import kopf
 
 from saeops.api import names
 from saeops.operator import opmetrics
+from saeops.operator.grouprender import members_of
 from saeops.operator.kube import ApiError, Kube, merge_patch, path_for
 from saeops.operator.observe import observe_run, observe_sweep
 from saeops.operator.policy import ClusterPolicy
@@ -121,7 +122,7 @@ class Operator:
     async def _desired(self, res: Obj, **extra: Any) -> Desired:
         now = self.clock()
         if res["kind"] == "SAESweep":
-            return reconcile_sweep(await observe_sweep(self.kube, res, **extra), now, self.policy)
+            return reconcile_sweep(await observe_sweep(self.kube, res, self.policy, **extra), now, self.policy)
         return reconcile(await observe_run(self.kube, res, self.policy, **extra), now, self.policy)
 
     async def _reconcile(self, key: Key) -> None:
@@ -265,11 +266,14 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         def forget(namespace: str, name: str, _kind: str = kind, **_: Any) -> None:
             opmetrics.record_phase(_kind, namespace, name, None)
 
-    async def on_child(labels: dict[str, str], namespace: str, **_: Any) -> None:
+    async def on_child(labels: dict[str, str], annotations: Mapping[str, str], namespace: str, **_: Any) -> None:
         kind = KIND_BY_LABEL.get(labels.get(names.LABEL_KIND, ""))
         owner = labels.get(names.LABEL_RUN)
         if kind and owner:
             await op.reconcile_key(kind, namespace, owner)
+        # A group's Job and pods (the sweep's) also concern the trials they train.
+        for trial in members_of({"metadata": {"annotations": dict(annotations or {})}}) or {}:
+            await op.reconcile_key("SAETrainingRun", namespace, trial)
 
     child_labels = {names.LABEL_RUN: kopf.PRESENT, names.LABEL_KIND: kopf.PRESENT}
     kopf.on.event("batch", "v1", "jobs", registry=reg, labels=child_labels)(on_child)

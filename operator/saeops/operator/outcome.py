@@ -7,7 +7,10 @@ error of a failed run all come from here. Contract with the runtime (rank 0 writ
 - a finished run: `{"final": {l0, explained_variance, ...}, "lastCheckpoint": URI | null}`;
 - a finished cache: `{"cache": {...}}`;
 - a preempted pod: `{"preempted": true, "step": N}`;
-- a failure: the plain `error: ...` line.
+- a failure: the plain `error: ...` line;
+- a sweep group (several trials trained from one stream): `{"members": {"<trial>": {"final": {...},
+  "lastCheckpoint": URI | null} | {"error": "error: ..."}, ...}}`, on success and on failure
+  alike (an optional top-level `"error"` says why the group itself failed).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ MAX_LINE = 512
 """Longest error line copied into a condition message (Kubernetes keeps 4 KiB of a message)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+MAX_MEMBERS = 64
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class Outcome:
     last_checkpoint: str | None = None
     preempted_step: int | None = None
     error: str | None = None
+    members: dict[str, Outcome] | None = None
+    """A group's pod: each member trial's own outcome (final metrics, or its error line)."""
 
 
 def _dict(value: Any) -> Obj:
@@ -88,6 +94,30 @@ def _numbers(raw: Any, limit: int = 16) -> Obj:
     return out
 
 
+def _finished(doc: Obj) -> Outcome:
+    ckpt = doc.get("lastCheckpoint")
+    return Outcome(
+        final=_numbers(doc["final"]) if isinstance(doc.get("final"), dict) else None,
+        cache=_numbers(doc["cache"]) if isinstance(doc.get("cache"), dict) else None,
+        last_checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None,
+    )
+
+
+def _members(raw: Obj) -> dict[str, Outcome]:
+    """Each member's entry (at most MAX_MEMBERS; anything unreadable is left out)."""
+    out: dict[str, Outcome] = {}
+    for name, entry in raw.items():
+        if len(out) >= MAX_MEMBERS:
+            break
+        if not isinstance(name, str) or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("error"), str):
+            out[name] = Outcome(error=one_line(entry["error"]) or "error: failed")
+        elif isinstance(entry.get("final"), dict):
+            out[name] = _finished(entry)
+    return out
+
+
 def parse(message: str | None) -> Outcome | None:
     """Parse a termination message (None when there is none)."""
     if not message or not message.strip():
@@ -104,12 +134,11 @@ def parse(message: str | None) -> Outcome | None:
                 ok = isinstance(step, int) and not isinstance(step, bool) and step >= 0
                 return Outcome(preempted_step=step if ok else None)
             if isinstance(doc.get("final"), dict) or isinstance(doc.get("cache"), dict):
-                ckpt = doc.get("lastCheckpoint")
-                return Outcome(
-                    final=_numbers(doc["final"]) if isinstance(doc.get("final"), dict) else None,
-                    cache=_numbers(doc["cache"]) if isinstance(doc.get("cache"), dict) else None,
-                    last_checkpoint=ckpt if isinstance(ckpt, str) and ckpt else None,
-                )
+                return _finished(doc)
+            if isinstance(doc.get("members"), dict):
+                error = doc.get("error")
+                return Outcome(members=_members(doc["members"]),
+                               error=(one_line(error) or None) if isinstance(error, str) else None)
     return Outcome(error=one_line(text) or None)
 
 
@@ -142,3 +171,14 @@ def failure_line(pods: tuple[Obj, ...]) -> str | None:
         if out.preempted_step is not None and preempted is None:
             preempted = f"preempted at step {out.preempted_step}"
     return preempted
+
+
+def group_report(pods: tuple[Obj, ...]) -> Outcome | None:
+    """What a group's rank-0 pod reported when it ended, when it is the members' report (the
+    latest such pod: the Job may have replaced earlier ones)."""
+    for pod in reversed(_by_index(pods)):
+        if completion_index(pod) != 0 or _dict(pod.get("status")).get("phase") not in ("Succeeded", "Failed"):
+            continue
+        out = parse(termination_message(pod))
+        return out if out is not None and out.members is not None else None
+    return None

@@ -44,17 +44,19 @@ def fmt(value: Any) -> str | None:
     return f"{value:.4g}"
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
+def parse_prometheus(text: str, run: str | None = None) -> dict[str, float]:
     """Samples by name from Prometheus text exposition (first sample of each name wins).
 
-    Per-hook-point series (CLTs) share a name; the first keeps status small and stable.
+    Per-hook-point series (CLTs) share a name; the first keeps status small and stable. With
+    `run`, only the series labelled `run="<run>"` count (a group's pod serves each member's).
     """
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out.setdefault(sample.name, float(sample.value))
+            if run is None or sample.labels.get("run") == run:
+                out.setdefault(sample.name, float(sample.value))
     return out
 
 

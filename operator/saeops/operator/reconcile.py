@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from saeops.operator import lifecycle
+from saeops.operator import grouprun, lifecycle
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.runpass import RUN_KINDS, RunPass
 from saeops.operator.state import Desired, Observed, Rejection
@@ -62,6 +62,9 @@ def reconcile(observed: Observed, now: datetime, policy: ClusterPolicy | None = 
         return r.finish()
     model = r.validate()
     if model is None or not r.cache_gate() or not r.suspend_gate(model) or not r.deadline_gate(model):
+        return r.finish()
+    if r.group is not None:
+        grouprun.follow(r, model)  # type: ignore[arg-type]  # only SAETrainingRuns have a group
         return r.finish()
     r.children(model)
     lifecycle.job(r, model)

@@ -2,104 +2,53 @@
 
 Everything here is a function of the resource, the cluster policy (and, for a run with
 `cacheRef`, the cache it reads), so `saeops render FILE` shows what the operator will create.
+The pod-level pieces every Job shares (a sweep group's too) live in `podspec.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
 from saeops.api import (
     ActivationCache,
     AnyResource,
-    OutputSpec,
     SAESweep,
     SAETrainingRun,
     SpecError,
-    layout,
     names,
     parse_resource,
-    pods,
+)
+from saeops.operator import podspec
+from saeops.operator.podspec import (
+    CONTAINER,
+    RENDEZVOUS_PORT,
+    RUN_AS,
+    SCRATCH,
+    SCRATCH_ENV,
+    SPEC_DIR,
+    SPEC_FILE,
+    cache_uri,
+    child_labels,
+    metrics_port_of,
+    runtime_document,
+    selector_labels,
+    torchrun_command,
 )
 from saeops.operator.policy import ClusterPolicy
-from saeops.operator.sweep import plan_trials
+from saeops.operator.sweep import plan_sweep
 
-SPEC_DIR = "/etc/saeops"
-SPEC_FILE = "spec.json"
-RENDEZVOUS_PORT = 29500
-CONTAINER = "runtime"
-RUN_AS = 1000
-SCRATCH = "/tmp"
-# The root file system is read-only: everything the runtime, torch, Triton and the Hugging Face
-# libraries write goes to the /tmp emptyDir (the image's HOME and HF_HOME are not writable).
-SCRATCH_ENV = {
-    "HOME": SCRATCH,
-    "XDG_CACHE_HOME": f"{SCRATCH}/.cache",
-    "HF_HOME": f"{SCRATCH}/.cache/huggingface",
-    "TORCH_EXTENSIONS_DIR": f"{SCRATCH}/.cache/torch_extensions",
-    "TRITON_CACHE_DIR": f"{SCRATCH}/.cache/triton",
-    "TORCHINDUCTOR_CACHE_DIR": f"{SCRATCH}/.cache/torchinductor",
-    "MPLCONFIGDIR": f"{SCRATCH}/.cache/matplotlib",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
+__all__ = [
+    "CONTAINER", "RENDEZVOUS_PORT", "RUN_AS", "SCRATCH", "SCRATCH_ENV", "SPEC_DIR", "SPEC_FILE", "cache_uri",
+    "child_labels", "metrics_port_of", "render_children", "render_configmap", "render_job", "render_manifest",
+    "render_network_policy", "render_service", "runtime_document", "selector_labels", "torchrun_command",
+]
 
 Obj = dict[str, Any]
 
 
-def child_labels(kind: str, name: str) -> dict[str, str]:
-    """Labels on every child (and the pods): recommended app labels plus the owner's identity."""
-    return {
-        "app.kubernetes.io/name": "saeops",
-        "app.kubernetes.io/instance": names.dns_label(name),
-        "app.kubernetes.io/component": names.kind_label(kind),
-        "app.kubernetes.io/managed-by": names.MANAGED_BY,
-        names.LABEL_RUN: name,
-        names.LABEL_KIND: names.kind_label(kind),
-    }
-
-
-def selector_labels(kind: str, name: str) -> dict[str, str]:
-    """The subset of labels that identifies one run's pods."""
-    return {names.LABEL_RUN: name, names.LABEL_KIND: names.kind_label(kind)}
-
-
 def _meta(resource: Obj, name: str) -> Obj:
-    rmeta = resource["metadata"]
-    meta: Obj = {
-        "name": name,
-        "labels": child_labels(resource["kind"], rmeta["name"]),
-        "ownerReferences": [names.owner_reference(resource)],
-    }
-    if rmeta.get("namespace"):
-        meta["namespace"] = rmeta["namespace"]
-    return meta
-
-
-def cache_uri(cache: Obj) -> str | None:
-    """Where an ActivationCache's data lives (its recorded artifact, else its output URI)."""
-    artifacts = (cache.get("status") or {}).get("artifacts") or {}
-    return artifacts.get("cache") or ((cache.get("spec") or {}).get("output") or {}).get("storageUri")
-
-
-def runtime_document(resource: Obj, cache: Obj | None = None) -> Obj:
-    """The manifest the runtime reads from spec.json: identity + spec, no status.
-
-    A run's `activations.cacheRef` (a cluster name the runtime cannot resolve) becomes the
-    cache's storage URI. Secrets are only ever named (`output.secretRef.name`), never valued.
-    """
-    spec = json.loads(json.dumps(resource["spec"]))
-    acts = spec.get("activations") or {}
-    if resource["kind"] == SAETrainingRun.KIND and acts.get("cacheRef") and cache is not None:
-        uri = cache_uri(cache)
-        if uri:
-            acts = {k: v for k, v in acts.items() if k != "cacheRef"}
-            acts["cacheUri"] = uri
-            spec["activations"] = acts
-    meta = resource["metadata"]
-    # Name, namespace and uid identify the resource to the runtime (it fingerprints runs with them).
-    doc_meta = {k: meta[k] for k in ("name", "namespace", "uid") if meta.get(k)}
-    return {"apiVersion": names.API, "kind": resource["kind"], "metadata": doc_meta, "spec": spec}
+    return podspec.meta(resource, name, child_labels(resource["kind"], resource["metadata"]["name"]))
 
 
 def render_configmap(resource: Obj, cache: Obj | None = None) -> Obj:
@@ -115,244 +64,25 @@ def render_configmap(resource: Obj, cache: Obj | None = None) -> Obj:
 
 def render_service(resource: Obj, metrics_port: int | None) -> Obj:
     """Headless Service: stable DNS `<job>-<index>.<service>` for the rendezvous."""
-    name = resource["metadata"]["name"]
-    ports = [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
-    if metrics_port:
-        ports.append({"name": "metrics", "port": metrics_port, "targetPort": metrics_port, "protocol": "TCP"})
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(resource, names.service_name(resource["kind"], name)),
-        "spec": {
-            "clusterIP": "None",
-            "selector": selector_labels(resource["kind"], name),
-            # Rank 0 must resolve before it is Ready: it becomes ready only after rendezvous.
-            "publishNotReadyAddresses": True,
-            "ports": ports,
-        },
-    }
+    kind, name = resource["kind"], resource["metadata"]["name"]
+    return podspec.service(_meta(resource, names.service_name(kind, name)), selector_labels(kind, name), metrics_port)
 
 
 def render_network_policy(resource: Obj, metrics_port: int, policy: ClusterPolicy) -> Obj:
-    """Ingress to the run's pods: anything from pods of the same run (torchrun's rendezvous store
-    and the collectives' data connections, whose ports are chosen at run time), and the metrics
-    port from the policy's peers (the operator, Prometheus). Egress is left open: pods reach
-    object storage and model hubs the cluster admin knows better than we do."""
+    """Ingress to the run's pods from pods of the same run, and to /metrics from the policy's peers."""
     kind, name = resource["kind"], resource["metadata"]["name"]
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta(resource, names.network_policy_name(kind, name)),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(kind, name)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [{"podSelector": {"matchLabels": selector_labels(kind, name)}}]},
-                {"from": [copy.deepcopy(peer) for peer in policy.metrics_from],
-                 "ports": [{"port": metrics_port, "protocol": "TCP"}]},
-            ],
-        },
-    }
-
-
-def _s3_env(output: OutputSpec) -> list[Obj]:
-    env: list[Obj] = []
-    if output.secret_ref is not None:
-        # Only a reference travels: the kubelet reads the Secret, the operator never does.
-        for key, optional in (
-            ("AWS_ACCESS_KEY_ID", False),
-            ("AWS_SECRET_ACCESS_KEY", False),
-            ("AWS_SESSION_TOKEN", True),
-        ):
-            env.append(
-                {
-                    "name": key,
-                    "valueFrom": {
-                        "secretKeyRef": {"name": output.secret_ref.name, "key": key, "optional": optional}
-                    },
-                }
-            )
-    if output.endpoint_url:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": output.endpoint_url})
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": output.endpoint_url})
-    if output.region:
-        env.append({"name": "AWS_REGION", "value": output.region})
-        env.append({"name": "AWS_DEFAULT_REGION", "value": output.region})
-    if output.force_path_style:
-        env.append({"name": "SAEOPS_S3_FORCE_PATH_STYLE", "value": "true"})
-    return env
-
-
-def _source_env(spec: Any) -> list[Obj]:
-    """Where models are cached, the hub token (by reference), then the user's own variables."""
-    env: list[Obj] = [{"name": "SAEOPS_CACHE_DIR", "value": pods.CACHE_DIR}]
-    token = spec.model.secret_ref
-    user = [e.to_manifest() for e in spec.resources.env]
-    if token is not None:
-        if any(e["name"] == "HF_TOKEN" for e in user):
-            raise SpecError("spec.resources.env: HF_TOKEN is set from spec.model.secretRef already; remove one")
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
-    return env + user
-
-
-def _restricted_container_context() -> Obj:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-        "readOnlyRootFilesystem": True,
-    }
-
-
-def torchrun_command(job: str, service: str, num_nodes: int, nproc: int) -> list[str]:
-    """torchrun with the node rank from the completion index and rank 0 as the rendezvous."""
-    return [
-        "torchrun",
-        f"--nnodes={num_nodes}",
-        f"--nproc-per-node={nproc}",
-        "--node-rank=$(JOB_COMPLETION_INDEX)",
-        f"--master-addr={job}-0.{service}",
-        f"--master-port={RENDEZVOUS_PORT}",
-        "-m",
-        "saeops.runtime.entrypoint",
-        "--spec",
-        f"{SPEC_DIR}/{SPEC_FILE}",
-    ]
+    return podspec.network_policy(_meta(resource, names.network_policy_name(kind, name)),
+                                  selector_labels(kind, name), metrics_port, policy)
 
 
 def render_job(resource: Obj, model: SAETrainingRun | ActivationCache) -> Obj:
     """The Indexed Job: one pod per node, torchrun inside, Pod Security "restricted"."""
-    name = resource["metadata"]["name"]
-    kind = resource["kind"]
-    spec = model.spec
-    res = spec.resources
-    job = names.job_name(kind, name)
-    svc = names.service_name(kind, name)
-    metrics_port = metrics_port_of(model)
-    labels = child_labels(kind, name)
-    if spec.queue_name:
-        labels[names.KUEUE_QUEUE_LABEL] = spec.queue_name
-    env: list[Obj] = [
-        # Declared (not only injected by the Job controller) so `$(JOB_COMPLETION_INDEX)`
-        # expands in the command on every Kubernetes version.
-        {
-            "name": "JOB_COMPLETION_INDEX",
-            "valueFrom": {
-                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
-            },
-        },
-        {"name": "SAEOPS_RUN_NAME", "value": name},
-        {"name": "SAEOPS_KIND", "value": kind},
-        {"name": "SAEOPS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        # The runtime binds its metrics and rendezvous sockets to the pod's own address.
-        {"name": "SAEOPS_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "SAEOPS_SPEC", "value": f"{SPEC_DIR}/{SPEC_FILE}"},
-        {"name": "SAEOPS_METRICS_PORT", "value": str(metrics_port)},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        *({"name": k, "value": v} for k, v in SCRATCH_ENV.items()),
-        *_s3_env(spec.output),
-        *_source_env(spec),
-    ]
-    container: Obj = {
-        "name": CONTAINER,
-        "image": res.image,
-        "imagePullPolicy": res.image_pull_policy,
-        "command": torchrun_command(job, svc, res.num_nodes, res.num_proc_per_node),
-        "env": env,
-        "ports": [
-            {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
-            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
-        ],
-        "volumeMounts": [
-            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "tmp", "mountPath": SCRATCH},
-            {"name": res.cache_volume or pods.CACHE_VOLUME, "mountPath": pods.CACHE_DIR},
-            *(m.to_manifest() for m in res.volume_mounts),
-        ],
-        # Rank 0 writes the outcome (final metrics, or the one-line error) here; a container
-        # that dies before writing it leaves the tail of its log instead.
-        "terminationMessagePath": layout.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _restricted_container_context(),
-    }
-    if res.env_from:
-        container["envFrom"] = [e.to_manifest() for e in res.env_from]
-    rpn = res.resources_per_node
-    if rpn.requests or rpn.limits:
-        container["resources"] = {k: v for k, v in (("requests", rpn.requests), ("limits", rpn.limits)) if v}
-    pod_spec: Obj = {
-        "restartPolicy": "Never",  # required by podFailurePolicy; the Job replaces pods
-        "subdomain": svc,
-        # Training pods never call the Kubernetes API: no token to steal.
-        "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [
-            {"name": "spec", "configMap": {"name": names.configmap_name(kind, name)}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
-            {"name": "tmp", "emptyDir": {}},
-            *([] if res.cache_volume else [{"name": pods.CACHE_VOLUME, "emptyDir": {}}]),
-            *(v.to_manifest() for v in res.volumes),
-        ],
-    }
-    if res.node_selector:
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod_spec["tolerations"] = [t.to_manifest() for t in res.tolerations]
-    if res.priority_class_name:
-        pod_spec["priorityClassName"] = res.priority_class_name
-    if res.service_account_name:
-        pod_spec["serviceAccountName"] = res.service_account_name
-    job_spec: Obj = {
-        "completionMode": "Indexed",
-        "completions": res.num_nodes,
-        "parallelism": res.num_nodes,
-        # Any real failure fails the Job at once; the operator counts it against
-        # failurePolicy.maxRestarts and recreates the Job (resuming from the checkpoint).
-        "backoffLimit": 0,
-        "podFailurePolicy": {
-            "rules": [
-                # Preemption, eviction and node drains are not the run's fault: the Job
-                # controller replaces the pod without counting it.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
-        },
-        "template": {
-            "metadata": {
-                "labels": labels,
-                "annotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(metrics_port),
-                    "prometheus.io/path": "/metrics",
-                },
-            },
-            "spec": pod_spec,
-        },
-    }
-    if spec.queue_name:
-        # Kueue admits a queued Job by unsuspending it.
-        job_spec["suspend"] = True
-    meta = _meta(resource, job)
-    meta["labels"] = dict(labels)  # a copy: `saeops render` prints no YAML anchors
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
-
-
-def metrics_port_of(model: SAETrainingRun | ActivationCache) -> int:
-    """Port of the rank-0 /metrics endpoint in the cluster."""
-    metrics = getattr(model.spec, "metrics", None)
-    if metrics is not None and metrics.enabled and metrics.port:
-        return metrics.port
-    return 9400
+    kind, name = resource["kind"], resource["metadata"]["name"]
+    return podspec.indexed_job(
+        resource, model, job=names.job_name(kind, name), svc=names.service_name(kind, name),
+        configmap=names.configmap_name(kind, name), labels=child_labels(kind, name),
+        identity={"SAEOPS_RUN_NAME": name, "SAEOPS_KIND": kind}, spec_path=f"{SPEC_DIR}/{SPEC_FILE}",
+    )
 
 
 def render_children(resource: Obj, model: SAETrainingRun | ActivationCache, cache: Obj | None = None,
@@ -380,8 +110,9 @@ def render_manifest(resource: AnyResource | Obj, policy: ClusterPolicy | None = 
     """What the operator would create for a manifest (`saeops render FILE`).
 
     Runs and caches give ConfigMap, Service, NetworkPolicy and Job; a sweep gives its first
-    trials (as many as parallelTrials allows) as SAETrainingRuns. A manifest the operator would
-    fail (a relative storageUri, storage or an image the policy forbids) raises SpecError.
+    trials (as many as parallelTrials allows) as SAETrainingRuns, followed by the children of each
+    group of them that shares one activation stream. A manifest the operator would fail (a
+    relative storageUri, storage or an image the policy forbids) raises SpecError.
     """
     policy = policy or ClusterPolicy()
     doc = _as_dict(resource)
@@ -392,5 +123,5 @@ def render_manifest(resource: AnyResource | Obj, policy: ClusterPolicy | None = 
     if problem is not None:
         raise SpecError(problem.message)
     if isinstance(model, SAESweep):
-        return plan_trials(doc, model)
+        return plan_sweep(doc, model, policy)
     return render_children(doc, model, policy=policy)

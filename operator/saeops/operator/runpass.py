@@ -17,12 +17,14 @@ from saeops.api import ActivationCache, SAETrainingRun, format_validation_error,
 from saeops.operator import jobs, outcome, progress
 from saeops.operator.conditions import (
     CACHE_READY,
+    GROUPED,
     RUN_CONDITIONS,
     SPEC_FAILURES,
     Conditions,
     parse_time,
     rfc3339,
 )
+from saeops.operator.grouprender import group_of, sweep_uid_of
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.render import metrics_port_of, render_configmap, render_network_policy, render_service
 from saeops.operator.state import ChildRef, Desired, Event, Observed
@@ -65,6 +67,8 @@ class RunPass:
         types = RUN_CONDITIONS
         if self.res.get("kind") == SAETrainingRun.KIND and _dict(self.raw_spec.get("activations")).get("cacheRef"):
             types = (*types, CACHE_READY)
+        if _dict(self.meta.get("labels")).get(names.LABEL_GROUP) and sweep_uid_of(self.res):
+            types = (*types, GROUPED)
         self.conds = Conditions(self.st.get("conditions"), types, now, self.gen)
         self.d = Desired()
         # Children this resource owns; anything else under a child's name is foreign.
@@ -83,6 +87,12 @@ class RunPass:
         self.foreign = list(foreign.values())
         self.job_obj = self.own["job"]
         self.pods = obs.pods if self.job_obj is not None else ()
+        # A sweep's trial packed into a group follows the group's Job (the sweep owns it).
+        self.group = group_of(self.res) if self.res.get("kind") == SAETrainingRun.KIND else None
+        self.group_job = None
+        if self.group is not None:
+            self.group_job = obs.group_job if names.owned_by(obs.group_job, sweep_uid_of(self.res)) else None
+            self.pods = obs.pods if self.group_job is not None else ()
 
     # ------------------------------------------------------------------ helpers
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -218,6 +228,10 @@ class RunPass:
         if model.spec.suspend:
             self.delete_job()
             msg = "suspended: pods deleted, status kept; resumes from the latest checkpoint"
+            if self.group is not None:
+                # Its group trains on without it; resumed, it runs alone from its checkpoint.
+                msg = f"suspended: left group {self.group}, which trains on; resumes as a run of its own from its checkpoint"
+                self.conds.set(GROUPED, "False", "LeftGroup", msg)
             if self.conds.set("Suspended", "True", "Suspended", msg):
                 self.event("Normal", "Suspended", msg)
             self.conds.set("Running", "False", "Suspended", msg)
@@ -254,7 +268,11 @@ class RunPass:
 
     def final_metrics(self) -> None:
         """Final metrics (and the last checkpoint) from what the succeeded rank-0 pod reported."""
-        done = outcome.success(self.pods)
+        if self.group is not None:
+            report = outcome.group_report(self.pods)
+            done = (report.members or {}).get(self.meta.get("name", "")) if report is not None else None
+        else:
+            done = outcome.success(self.pods)
         if done is None:
             return
         metrics = _dict(self.st.get("metrics"))

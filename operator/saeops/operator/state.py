@@ -49,6 +49,8 @@ class Observed:
     scraped from the rank-0 pod's /metrics, by metric name (None when unreachable).
     `foreign`: objects found under a child's name when a create answered 409.
     `rejection`: the API server refused a child or the status for good.
+    `group_job`: for a sweep's trial packed into a group (label `saeops.io/group`), whatever holds
+    its group's Job name; `pods` are then that Job's and `metrics` the trial's own series.
     """
 
     resource: Obj
@@ -61,6 +63,7 @@ class Observed:
     metrics: dict[str, float] | None = None
     foreign: tuple[Obj, ...] = ()
     rejection: Rejection | None = None
+    group_job: Obj | None = None
 
 
 @dataclass
@@ -83,9 +86,15 @@ class Desired:
 @dataclass(frozen=True)
 class ObservedSweep:
     """A sweep and its trials (SAETrainingRuns labelled `saeops.io/sweep=<name>`; the reconcile
-    counts only those the sweep owns), plus `foreign`/`rejection` as for runs."""
+    counts only those the sweep owns), plus `foreign`/`rejection` as for runs.
+
+    `children`: whatever holds the name of a group's ConfigMap, Service, NetworkPolicy or Job, for
+    every group its trials or owned Jobs name (owned or not: the reconcile checks). `caches`: the
+    ActivationCaches the trials' `activations.cacheRef` name."""
 
     resource: Obj
     trials: tuple[Obj, ...] = ()
     foreign: tuple[Obj, ...] = ()
     rejection: Rejection | None = None
+    children: tuple[Obj, ...] = ()
+    caches: tuple[Obj, ...] = ()

@@ -4,6 +4,9 @@ Status keeps counts, the best trial and a bounded Pareto front; trials are found
 label `saeops.io/sweep=<name>` and never listed in the status. Katib-style state machine:
 GoalReached and MaxFailedTrialsReached stop the sweep; MaxTrialsReached ends it once every
 trial finished; raising maxTrials (or maxFailedTrials) makes it Running again.
+
+Trials that share one activation stream are packed into groups trained by one Job the sweep
+owns (`groupsweep.py`); `parallelTrials` stays a budget of running trials, grouped or not.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from saeops.api import SAESweep, SpecError, format_validation_error, names, pareto, search
-from saeops.api.trials import planned_trials, render_trial
+from saeops.api.trials import planned_trials
 from saeops.operator.conditions import SPEC_FAILURES, SWEEP_CONDITIONS, Conditions, rfc3339
+from saeops.operator.groupsweep import GroupPass, foreign_children, plan_new_trials, render_sweep_groups
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.state import Desired, Event, ObservedSweep
 
@@ -48,10 +52,10 @@ def _metric(trial: Obj, key: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def plan_trials(sweep: Obj, model: SAESweep) -> list[Obj]:
-    """The first trials a fresh sweep creates (for `saeops render`)."""
-    n = min(planned_trials(model), model.spec.parallel_trials)
-    return [render_trial(sweep, model, i) for i in range(n)]
+def plan_sweep(sweep: Obj, model: SAESweep, policy: ClusterPolicy | None = None) -> list[Obj]:
+    """The first trials a fresh sweep creates, then its groups' children (for `saeops render`)."""
+    trials = plan_new_trials(sweep, model, range(planned_trials(model)), model.spec.parallel_trials)
+    return trials + render_sweep_groups(sweep, trials, policy or ClusterPolicy())
 
 
 def _summary(trial: Obj, keys: tuple[str | None, ...]) -> Obj:
@@ -112,10 +116,12 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime, policy: ClusterPolic
         conds.set("Failed", "False", "SpecChanged", f"spec changed (generation {gen}); trying again")
         st.pop("completionTime", None)
     foreign = [o for o in observed.foreign if not names.owned_by(o, meta.get("uid"))]
+    foreign += [o for o in foreign_children(observed, meta.get("uid")) if o not in foreign]
     if foreign:
-        listed = ", ".join(f"SAETrainingRun {_dict(o.get('metadata')).get('name')}" for o in foreign)
-        set_terminal("Failed", "NameConflict", f"{listed} exists and is not owned by SAESweep {meta.get('name')}; "
-                                               "the operator leaves it alone: rename this sweep or delete that run")
+        listed = ", ".join(f"{o.get('kind') or 'SAETrainingRun'} {_dict(o.get('metadata')).get('name')}" for o in foreign)
+        verb = "exists and is" if len(foreign) == 1 else "exist and are"
+        set_terminal("Failed", "NameConflict", f"{listed} {verb} not owned by SAESweep {meta.get('name')}; "
+                                               "the operator leaves it alone: rename this sweep or delete that object")
         return finish()
     if observed.rejection is not None:
         rej = observed.rejection
@@ -166,6 +172,7 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime, policy: ClusterPolic
     if obj.pareto_metric:
         st["pareto"] = [_summary(s.item, keys) for s in pareto.bounded(front)]
 
+    GroupPass(observed, mine, d, policy).run()
     planned = planned_trials(model)
     goal = obj.target is not None and best is not None and pareto.reached(best.value, obj.target, obj.goal)
     fail_limit = max(1, spec.max_failed_trials)
@@ -198,12 +205,12 @@ def reconcile_sweep(observed: ObservedSweep, now: datetime, policy: ClusterPolic
     elif (conds.get("Suspended") or {}).get("status") == "Unknown":
         conds.set("Suspended", "False", "NotSuspended", "")
     free = max(0, spec.parallel_trials - n_running)
-    for index in missing[:free]:
-        d.create.append(render_trial(res, model, index))
-    st["trials"] = len(mine) + len(d.create)
-    st["trialsRunning"] = n_running + len(d.create)
+    new = plan_new_trials(res, model, missing, free)
+    d.create.extend(new)
+    st["trials"] = len(mine) + len(new)
+    st["trialsRunning"] = n_running + len(new)
     reason = "Resumed" if was_done else "TrialsRunning"
-    if conds.set("Running", "True", reason, f"{st['trialsRunning']} running, {len(mine) + len(d.create)}/{planned} created") and was_done:
+    if conds.set("Running", "True", reason, f"{st['trialsRunning']} running, {len(mine) + len(new)}/{planned} created") and was_done:
         d.events.append(Event("Normal", "Resumed", f"resumed: planning {planned} trials"))
     st["phase"] = "Running"
     return finish()

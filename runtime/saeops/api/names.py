@@ -16,6 +16,8 @@ LABEL_RUN = f"{GROUP}/run"
 LABEL_KIND = f"{GROUP}/kind"
 LABEL_SWEEP = f"{GROUP}/sweep"
 LABEL_TRIAL_INDEX = f"{GROUP}/trial-index"
+LABEL_GROUP = f"{GROUP}/group"
+ANNOTATION_MEMBERS = f"{GROUP}/members"
 ANNOTATION_PARAMETERS = f"{GROUP}/parameters"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = "saeops-operator"
@@ -99,6 +101,38 @@ def kind_label(kind: str) -> str:
     return kind.lower()
 
 
+# A sweep's group of trials (one activation stream) runs as one Job the sweep owns; its children
+# end in `-group`, which no run or cache child does.
+GROUP_SUFFIX = "-group"
+
+
+def group_name(sweep_name: str, indices: list[int]) -> str:
+    """The group of these trial indices (the `saeops.io/group` label value): `<sweep>-g<first>-<hash>`.
+
+    The hash of every member index keeps a later group that starts at the same trial (a deleted
+    trial recreated) from taking the name of one that still runs."""
+    members = ",".join(str(i) for i in sorted(indices))
+    return dns_label(sweep_name, 63, suffix=f"-g{min(indices)}-{_digest(members, 6)}")
+
+
+def group_job_name(group: str) -> str:
+    """Name of a group's Indexed Job (also its NetworkPolicy's): `<group>-group`."""
+    return dns_label(group, MAX_JOB_NAME, GROUP_SUFFIX)
+
+
+def group_service_name(group: str) -> str:
+    """Name of a group's headless Service."""
+    return dns1035_label(group, MAX_JOB_NAME, GROUP_SUFFIX)
+
+
+def group_configmap_name(group: str) -> str:
+    """Name of the ConfigMap holding a group's member-NNN.json (`<group>-group-spec`)."""
+    return dns_label(group, 63, GROUP_SUFFIX + "-spec")
+
+
+def member_file(position: int) -> str:
+    """The ConfigMap key (and file) of a group's member at `position` (sorted by name = position)."""
+    return f"member-{position:03d}.json"
 
 
 def owner_reference(resource: dict[str, Any]) -> dict[str, Any]:

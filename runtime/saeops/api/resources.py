@@ -352,6 +352,16 @@ class Objective(SpecModel):
     """Second metric (minimised) for the Pareto front, e.g. l0 vs explained_variance."""
 
 
+class GroupingSpec(SpecModel):
+    """How a sweep's trials share one activation stream."""
+
+    enabled: bool = True
+    """Train trials that share one activation stream together (same model, dataset, activation
+    settings, batch size, token count and seed: one model forward feeds every trial of a group)."""
+    max_trials: int = Field(8, ge=1, le=64)
+    """Trials in one group at most."""
+
+
 class SAESweepSpec(SpecModel):
     """A hyper-parameter sweep over SAETrainingRuns."""
 
@@ -371,6 +381,8 @@ class SAESweepSpec(SpecModel):
     """Fail the sweep after this many failed trials."""
     suspend: bool = False
     """Create no new trials while set."""
+    grouping: GroupingSpec = Field(default_factory=GroupingSpec)
+    """Trials that share one activation stream train together (one forward for the group)."""
 
 
 class SAESweep(Resource):
