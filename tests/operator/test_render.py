@@ -126,7 +126,8 @@ def test_indexed_job_and_torchrun():
     assert pod["restartPolicy"] == "Never"
     assert pod["subdomain"] == names.service_name("SAETrainingRun", "quickstart") == "quickstart-run"
     cmd = pod["containers"][0]["command"]
-    assert cmd[:4] == ["torchrun", "--nnodes=4", "--nproc-per-node=8", "--node-rank=$(JOB_COMPLETION_INDEX)"]
+    assert cmd[:6] == ["python", "-m", "saeops.runtime.distributed.launcher", "--nnodes=4", "--nproc-per-node=8",
+                       "--node-rank=$(JOB_COMPLETION_INDEX)"]
     assert "--master-addr=quickstart-run-0.quickstart-run" in cmd and "--master-port=29500" in cmd
     assert cmd[-2:] == ["--spec", "/etc/saeops/spec.json"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}

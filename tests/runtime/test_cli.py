@@ -168,7 +168,7 @@ def test_render_output_sets_the_storage_of_runs_and_sweep_trials(
     manifest.write_text(yaml.safe_dump(sweep))
     code, out, _ = run_cli(capsys, "render", str(manifest), "--output", "/mnt/shared/sweeps")
     assert code == 0
-    trials = list(yaml.safe_load_all(out))
+    trials = [o for o in yaml.safe_load_all(out) if o["kind"] == "SAETrainingRun"]  # then the group's children
     assert [t["spec"]["output"]["storageUri"] for t in trials] == ["/mnt/shared/sweeps/sw-0", "/mnt/shared/sweeps/sw-1"]
 
 

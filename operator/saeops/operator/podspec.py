@@ -180,9 +180,14 @@ def restricted_container_context() -> Obj:
 
 def torchrun_command(job: str, service: str, num_nodes: int, nproc: int, args: list[str] | None = None) -> list[str]:
     """torchrun with the node rank from the completion index and rank 0 as the rendezvous;
-    `args` tell the entrypoint what to run (default: `--spec SPEC_DIR/spec.json`)."""
+    `args` tell the entrypoint what to run (default: `--spec SPEC_DIR/spec.json`).
+
+    Through saeops' launcher, which takes torchrun's arguments: on node 0 it serves the
+    rendezvous store on the pod IP only (plain torchrun listens on every interface)."""
     return [
-        "torchrun",
+        "python",
+        "-m",
+        "saeops.runtime.distributed.launcher",
         f"--nnodes={num_nodes}",
         f"--nproc-per-node={nproc}",
         "--node-rank=$(JOB_COMPLETION_INDEX)",
