@@ -62,8 +62,10 @@ class GroupJob:
     """Train `runs` (they share one activation stream) in this process, together."""
 
     def __init__(self, runs: Sequence[SAETrainingRun], *, progress: bool = True, metrics_port: int | None = None,
-                 source: SourceFactory | None = None, label: str | None = None) -> None:
-        """`source` replaces the live/cache source (tests); `label` names the group in logs."""
+                 source: SourceFactory | None = None, label: str | None = None, alone_raises: bool = True) -> None:
+        """`source` replaces the live/cache source (tests); `label` names the group in logs.
+        `alone_raises`: a group of one raises its member's exception as a single run always
+        did (False: it is that member's error, as in any group: a sweep's trial)."""
         if not runs:
             raise ValueError("a group needs at least one run")
         self.runs = list(runs)
@@ -72,6 +74,7 @@ class GroupJob:
         self.show_progress = progress and self.spec.trainer.progress_bar
         self.metrics_port = metrics_port
         self.source_factory = source
+        self.alone_raises = alone_raises
         self.ctx = DistContext()
         self.members: list[Member] = []
         self.metrics: RunMetrics | None = None
@@ -196,7 +199,7 @@ class GroupJob:
             raise
         except Exception as e:
             # A run alone fails as it always did, with its own exception.
-            if len(self.members) == 1 or (self.ctx.distributed and not isinstance(e, Diverged)):
+            if (self.alone_raises and len(self.members) == 1) or (self.ctx.distributed and not isinstance(e, Diverged)):
                 raise
             if not isinstance(e, Diverged):
                 log.exception("%s failed", m.name)

@@ -173,7 +173,8 @@ class Trainer:
         if bad is not None:
             # Reduced over the ranks first, so every rank of a distributed run agrees.
             self.window.reset()
-            raise Diverged(f"{bad.removeprefix('loss_')} is {values[bad]} by step {self.state.step}: training diverged "
+            what = "the loss" if bad == "loss_total" else "the MSE"
+            raise Diverged(f"{what} is {values[bad]} by step {self.state.step}: training diverged "
                            f"(lower spec.trainer.lr={self.cfg.lr:g} or set spec.trainer.clipGradNorm)")
         values.update(self.tracker.compute())
         values.update(self._layer_values)
