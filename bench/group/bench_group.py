@@ -47,9 +47,15 @@ def sweep_doc(out: Path, tokens: int, trials: int, grouping: bool) -> dict[str, 
     return doc
 
 
-def timed(fn: Any) -> float:
-    t = time.perf_counter()
+CPU: dict[str, float] = {}
+
+
+def timed(fn: Any, name: str = "") -> float:
+    """Wall seconds of `fn()`; its CPU seconds (every thread of this process) go to CPU[name]:
+    on a shared machine CPU time shows the work done, wall time also the others' load."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
+    CPU[name] = time.process_time() - c
     return time.perf_counter() - t
 
 
@@ -64,9 +70,9 @@ def bench_sweep(tmp: Path, tokens: int, trials: int) -> list[str]:
     alone = parse_resource({"apiVersion": "saeops.io/v1alpha1", "kind": "SAETrainingRun",
                             "metadata": {"name": "minilm-l3-grid-0"}, "spec": template}, "alone")
     assert isinstance(alone, SAETrainingRun)
-    t_alone = timed(lambda: TrainingJob(alone, progress=False).run_job())
-    t_serial = timed(lambda: run_sweep(sweep("serial", False), progress=False))
-    t_grouped = timed(lambda: run_sweep(sweep("grouped", True), progress=False))
+    t_alone = timed(lambda: TrainingJob(alone, progress=False).run_job(), "alone")
+    t_serial = timed(lambda: run_sweep(sweep("serial", False), progress=False), "serial")
+    t_grouped = timed(lambda: run_sweep(sweep("grouped", True), progress=False), "grouped")
 
     serial = {t["name"]: t for t in json.loads((tmp / "serial" / "sweep.json").read_text())["trials"]}
     grouped = {t["name"]: t for t in json.loads((tmp / "grouped" / "sweep.json").read_text())["trials"]}
@@ -74,9 +80,12 @@ def bench_sweep(tmp: Path, tokens: int, trials: int) -> list[str]:
                == {k: v for k, v in grouped[n]["final"].items() if k not in TIMING} for n in serial)
     return [
         f"sweep slice: {trials} trials x {tokens:,} tokens (examples/sweep.yaml, MiniLM blocks.3)",
-        f"  one trial alone          {t_alone:7.1f} s   1.00x",
-        f"  {trials} trials one by one    {t_serial:7.1f} s   {t_serial / t_alone:.2f}x of one trial",
-        f"  {trials} trials grouped       {t_grouped:7.1f} s   {t_grouped / t_alone:.2f}x of one trial, "
+        "  (wall seconds; CPU seconds of this process in brackets)",
+        f"  one trial alone          {t_alone:7.1f} s   1.00x           [{CPU['alone']:.1f}]",
+        f"  {trials} trials one by one    {t_serial:7.1f} s   {t_serial / t_alone:.2f}x of one trial   "
+        f"[{CPU['serial']:.1f}: {CPU['serial'] / CPU['alone']:.2f}x]",
+        f"  {trials} trials grouped       {t_grouped:7.1f} s   {t_grouped / t_alone:.2f}x of one trial   "
+        f"[{CPU['grouped']:.1f}: {CPU['grouped'] / CPU['alone']:.2f}x], "
         f"{t_serial / t_grouped:.2f}x faster than one by one",
         f"  per-trial final metrics equal grouped vs one by one (time fields aside): {same}",
     ]
@@ -93,7 +102,7 @@ def bench_layers(tmp: Path, tokens: int) -> list[str]:
         run = parse_resource({"apiVersion": "saeops.io/v1alpha1", "kind": "SAETrainingRun",
                               "metadata": {"name": "minilm-layer"}, "spec": spec}, hook)
         assert isinstance(run, SAETrainingRun)
-        t_each.append(timed(lambda run=run: TrainingJob(run, progress=False).run_job()))
+        t_each.append(timed(lambda run=run: TrainingJob(run, progress=False).run_job(), hook))
     spec = copy.deepcopy(doc)
     spec["sae"].pop("hookPointIn")
     spec["sae"]["perHookPoint"] = hooks
@@ -102,13 +111,16 @@ def bench_layers(tmp: Path, tokens: int) -> list[str]:
                           "metadata": {"name": "minilm-layers"}, "spec": spec}, "together")
     assert isinstance(run, SAETrainingRun)
     job = TrainingJob(run, progress=False)
-    t_together = timed(job.run_members)
+    t_together = timed(job.run_members, "together")
+    cpu_each = sum(CPU[h] for h in hooks)
     evs = [json.loads((tmp / "together" / h / "metrics.json").read_text())["final"]["explained_variance"]
            for h in hooks]
     return [
         f"one SAE per layer: MiniLM blocks.0-5.hook_resid_post, {tokens:,} tokens each",
-        f"  six runs, one per layer  {sum(t_each):7.1f} s   ({', '.join(f'{t:.1f}' for t in t_each)})",
-        f"  one run, perHookPoint    {t_together:7.1f} s   {sum(t_each) / t_together:.2f}x faster, "
+        "  (wall seconds; CPU seconds of this process in brackets)",
+        f"  six runs, one per layer  {sum(t_each):7.1f} s   ({', '.join(f'{t:.1f}' for t in t_each)})  [{cpu_each:.1f}]",
+        f"  one run, perHookPoint    {t_together:7.1f} s   [{CPU['together']:.1f}]   "
+        f"{sum(t_each) / t_together:.2f}x faster (CPU {cpu_each / CPU['together']:.2f}x), "
         f"{job.group.forwards} stream batches for {run.spec.trainer.total_steps} steps",
         f"  per-layer EV: {', '.join(f'{e:.3f}' for e in evs)}",
     ]

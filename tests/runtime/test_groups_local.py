@@ -167,3 +167,52 @@ def test_metrics_of_a_group_carry_each_member_s_run_label() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'saeops_l0{hook_point="blocks.1.hook_resid_post",namespace="team",run="grp-0"} 4.0' in text
     assert 'saeops_l0{hook_point="blocks.1.hook_resid_post",namespace="team",run="grp-1"} 8.0' in text
+
+
+def test_minilm_one_sae_per_layer_reads_all_six_layers_in_one_forward_per_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    from saeops.api import SAETrainingRun, load_resource
+    from saeops.runtime.data.stream import ActivationStream
+    from saeops.runtime.train.job import TrainingJob
+
+    seen: Counter[tuple[str, ...]] = Counter()
+    original = ActivationStream._rows
+
+    def counted(self: ActivationStream, *args: Any, **kwargs: Any) -> Any:
+        seen[tuple(self.hook_points)] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationStream, "_rows", counted)
+    run = load_resource(str(Path(__file__).resolve().parents[2] / "examples" / "per-layer.yaml"))
+    assert isinstance(run, SAETrainingRun)
+    doc = run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    spec = doc["spec"]
+    spec["dataset"]["contextSize"] = 64
+    spec["model"]["batchSize"] = 8
+    spec["activations"] = {"bufferSize": 2048}
+    spec["initializer"] = {"initTokens": 1024}
+    spec["trainer"].update(totalTrainingTokens=4096, batchSize=1024, logFrequency=2, checkpointInterval=0,
+                           progressBar=False)
+    spec["output"] = {"storageUri": str(tmp_path / "layers")}
+    hooks = spec["sae"]["perHookPoint"]
+    assert hooks == [f"blocks.{i}.hook_resid_post" for i in range(6)]
+    job = TrainingJob(SAETrainingRun.model_validate(doc), progress=False)
+    members = job.run_members()
+    assert list(members) == hooks and all(m.error is None for m in members.values())
+    assert job.group.forwards == 4  # stream batches: one per step for all six SAEs
+    assert set(seen) == {tuple(hooks)}  # every forward reads the six layers at once
+    together = sum(seen.values())
+    for hook in hooks:  # per-layer metrics, each in its own output
+        final = json.loads((tmp_path / "layers" / hook / "metrics.json").read_text())["final"]
+        assert final["tokens"] == 4096 and 0 < final["l0"] <= 32
+
+    # One layer alone costs as many forwards as all six together.
+    seen.clear()
+    one = copy.deepcopy(doc)
+    one["spec"]["sae"].pop("perHookPoint")
+    one["spec"]["sae"]["hookPointIn"] = hooks[5]
+    one["spec"]["output"] = {"storageUri": str(tmp_path / "one")}
+    TrainingJob(SAETrainingRun.model_validate(one), progress=False).run_job()
+    assert sum(seen.values()) == together

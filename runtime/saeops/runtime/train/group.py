@@ -57,6 +57,10 @@ class SharedSamples:
     def stream(self, seed: int, skip_batches: int = 0) -> Any:
         return self.src.stream(seed, skip_batches)
 
+    def release(self) -> None:
+        """Every member is initialised: the samples are not needed any more."""
+        self._samples.clear()
+
 
 class GroupJob:
     """Train `runs` (they share one activation stream) in this process, together."""
@@ -153,6 +157,7 @@ class GroupJob:
             m.check_source(src, dims)
         for m in self.members:
             m.build(src, dims, device)
+        src.release()
         if ctx.is_main:
             self._serve_metrics()
         start = min((m.step for m in self.members if m.active), default=None)
@@ -180,14 +185,14 @@ class GroupJob:
             m.trainer.begin()
         index = start
         for batch in src.stream(seed=spec.trainer.seed, skip_batches=start):
-            if not any(m.active for m in self.members):
-                break
             self.forwards += 1
             stepped = [m for m in self.members if m.active and m.step == index]
             for m in stepped:
                 self._isolated(m, m.advance, batch)
             index += 1
             self._after_step(index, stepped, stop)
+            if not any(m.active for m in self.members):
+                break  # not one batch more: a live stream would run the model for it
 
     def _isolated(self, m: Member, fn: Any, *args: Any) -> None:
         """Run one member's work; its failure is its own. In a distributed run only a failure

@@ -227,10 +227,11 @@ class Trainer:
         """Train until total_training_tokens; returns the final metrics (last logging window)."""
         self.begin()
         values: dict[str, float] = {}
-        for batch in batches:
-            if self.done:
-                break
-            values = self.advance(batch) or values
+        if not self.done:
+            for batch in batches:
+                values = self.advance(batch) or values
+                if self.done:
+                    break  # not one batch more: a live stream would run the model for it
         return self.end(values)
 
     # -- checkpoint state (weights are saved by the caller)
