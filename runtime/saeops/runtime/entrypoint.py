@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from saeops.api import EXIT_BAD_INPUT, AnyResource, SAETrainingRun, SpecError, load_resource, parse_resource
+from saeops.runtime.errors import error_line
 
 EXIT_FAILED = 1
 
@@ -56,14 +57,6 @@ def read_group(directory: str) -> list[SAETrainingRun]:
         raise SpecError(f"--group {directory}: the members do not share one activation stream "
                         "(model, dataset, activations, batch size, tokens, seed and parallelism must match)")
     return runs
-
-
-def error_line(e: BaseException) -> str:
-    """One line for the termination message: bad input as is, anything else with its type."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, SpecError):
-        return f"error: {text}"
-    return f"error: {type(e).__name__}: {text}" if text else f"error: {type(e).__name__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

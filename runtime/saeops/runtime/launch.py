@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saeops.api import ActivationCache, AnyResource, SAESweep, SAETrainingRun, SpecError, layout
+from saeops.runtime.errors import bad_input_types
 
 log = logging.getLogger("saeops.run")
 
@@ -65,24 +66,6 @@ def format_final(final: dict[str, float], where: str) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     return "\n".join(["final metrics:", *lines, f"artifacts: {where}"])
-
-
-def bad_input_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean the user's input is wrong (exit 2, one line), gathered lazily."""
-    types: list[type[BaseException]] = [SpecError]
-    for mod, names in (
-        ("saeops.runtime.storage", ("StorageError",)),
-        ("saeops.runtime.lm", ("UnknownHookPointError",)),
-        ("saeops.runtime.data", ("DatasetError",)),
-        ("saeops.runtime.cache", ("CacheError", "IncompleteCacheError", "CacheMismatchError",
-                                  "CacheCorruptError")),
-    ):
-        try:
-            module = __import__(mod, fromlist=list(names))
-        except ImportError:
-            continue
-        types.extend(getattr(module, n) for n in names if hasattr(module, n))
-    return tuple(types)
 
 
 def run_resource(res: AnyResource, *, progress: bool = True, metrics_port: int | None = None,
@@ -142,7 +125,7 @@ def run_group(runs: list[SAETrainingRun], *, progress: bool = True, metrics_port
     run's dictionaries). Exit 0 when every member ended, trained or failed alone (its entry in
     the termination message says why); 1 when the group failed (every member, or the stream)."""
     from saeops.runtime.distributed.preemption import EXIT_PREEMPTED, Preempted
-    from saeops.runtime.entrypoint import error_line
+    from saeops.runtime.errors import error_line
     from saeops.runtime.train.group import GroupFailed, GroupJob
 
     job = GroupJob(runs, progress=progress, metrics_port=metrics_port, label=label, alone_raises=False)

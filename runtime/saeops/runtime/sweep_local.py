@@ -87,7 +87,7 @@ def _trial_runs(sweep: SAESweep, doc: dict[str, Any], n: int) -> list[tuple[int,
 
 def _train_group(runs: list[SAETrainingRun], *, progress: bool) -> dict[str, Any]:
     """Each run's final metrics, or its one-line error: trained together from one stream."""
-    from saeops.runtime.launch import bad_input_types
+    from saeops.runtime.errors import bad_input_types
     from saeops.runtime.train.group import GroupFailed, GroupJob
 
     try:

@@ -156,7 +156,7 @@ class Member:
 
     def fail(self, e: BaseException) -> None:
         """This member stops here with its own error; the group trains on without it."""
-        from saeops.runtime.entrypoint import error_line
+        from saeops.runtime.errors import error_line
 
         self.error = error_line(e)
         log.error("%s failed at step %d: %s", self.name, self.step, self.error)
