@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from saeops.api.resources import GroupingSpec, SAETrainingRunSpec
+from saeops.api.resources import GroupingSpec, SAETrainingRun, SAETrainingRunSpec
 
 
 def stream_fields(spec: SAETrainingRunSpec) -> dict[str, Any]:
@@ -69,3 +69,24 @@ def plan_groups(runs: Sequence[tuple[int, SAETrainingRunSpec]], grouping: Groupi
             open_group[key] = group
         group.append(index)
     return groups
+
+
+def expand_run(run: SAETrainingRun) -> list[SAETrainingRun]:
+    """The dictionaries a run trains: itself, or one run per hook point of `sae.perHookPoint`
+    (hookPointIn set to it, output under `<output.storageUri>/<hook point>`), in the order given.
+    They share the run's stream, so they train as one group."""
+    hooks = run.spec.sae.per_hook_point
+    if not hooks:
+        return [run]
+    doc = run.model_dump(by_alias=True, exclude_none=True, mode="json")
+    doc.pop("status", None)
+    members = []
+    for hook in hooks:
+        member = json.loads(json.dumps(doc))
+        sae = member["spec"]["sae"]
+        sae.pop("perHookPoint", None)
+        sae["hookPointIn"] = hook
+        out = member["spec"]["output"]
+        out["storageUri"] = f"{str(out['storageUri']).rstrip('/')}/{hook}"
+        members.append(SAETrainingRun.model_validate(member))
+    return members

@@ -71,6 +71,11 @@ class DictionarySpec(SpecModel):
     """CLT only: one input hook point per layer, in layer order."""
     hook_points_out: list[str] = Field(default_factory=list, max_length=256)
     """CLT only: one output hook point per layer, in layer order."""
+    per_hook_point: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=64)
+    """Type sae only, instead of hookPointIn: train one SAE per hook point listed, all with these
+    settings, from one model forward per batch (e.g. one SAE per layer). Each SAE's artifacts and
+    checkpoints go under output.storageUri/<hook point>."""
     d_model: int | None = Field(None, ge=1, le=131072)
     """Width of the activations; read from the model when left out."""
     expansion_factor: float = Field(8.0, gt=0, le=4096)
@@ -114,9 +119,19 @@ class DictionarySpec(SpecModel):
                 raise ValueError("hookPointsIn: a clt needs one input hook point per layer")
             if len(self.hook_points_out) != len(self.hook_points_in):
                 raise ValueError("hookPointsOut: a clt needs as many output hook points as inputs")
+        elif self.per_hook_point:
+            if self.type != "sae":
+                raise ValueError("perHookPoint is for type: sae (one SAE per hook point); give a "
+                                 f"{self.type} its hookPointIn")
+            if self.hook_point_in is not None or self.hook_point_out is not None:
+                raise ValueError("set hookPointIn or perHookPoint, not both")
+            if len(set(self.per_hook_point)) < len(self.per_hook_point):
+                raise ValueError("perHookPoint: each hook point once")
+            if self.hook_points_in or self.hook_points_out:
+                raise ValueError("hookPointsIn/hookPointsOut are for type: clt only")
         else:
             if self.hook_point_in is None:
-                raise ValueError("hookPointIn is required")
+                raise ValueError("hookPointIn is required (or perHookPoint: one SAE per hook point)")
             if self.hook_points_in or self.hook_points_out:
                 raise ValueError("hookPointsIn/hookPointsOut are for type: clt only")
         if self.act_fn in ("layertopk", "batchlayertopk") and self.type != "clt":
@@ -143,6 +158,8 @@ class DictionarySpec(SpecModel):
         """Every hook point the dictionary reads or writes, in first-seen order."""
         if self.type == "clt":
             pts = [*self.hook_points_in, *self.hook_points_out]
+        elif self.per_hook_point:
+            pts = list(self.per_hook_point)
         else:
             pts = [p for p in (self.hook_point_in, self.out_hook) if p is not None]
         return list(dict.fromkeys(pts))

@@ -2,8 +2,10 @@
 
 Reads the resource manifest (the operator's ConfigMap `spec.json`) from `--spec PATH` or
 the `SAEOPS_SPEC` environment variable (a path, or the JSON itself) and runs it through the
-same code path as `saeops run`. Only rank 0 serves /metrics (`SAEOPS_METRICS_PORT`), on the
-pod IP when the downward API gives one (`SAEOPS_POD_IP`).
+same code path as `saeops run`. `--group DIR` trains the SAETrainingRuns in `DIR/*.json`
+together from one activation stream (a sweep's group Job); its termination message is
+`{"members": {name: {"final", "lastCheckpoint"} | {"error"}}}`. Only rank 0 serves /metrics
+(`SAEOPS_METRICS_PORT`), on the pod IP when the downward API gives one (`SAEOPS_POD_IP`).
 
 Under torchrun it joins the process group (`saeops.runtime.distributed`). Exit status: 0 done;
 2 bad input; 143 (`EXIT_PREEMPTED`) stopped on SIGTERM after writing a checkpoint (resume by
@@ -20,9 +22,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from saeops.api import EXIT_BAD_INPUT, AnyResource, SpecError, load_resource, parse_resource
+from saeops.api import EXIT_BAD_INPUT, AnyResource, SAETrainingRun, SpecError, load_resource, parse_resource
+from saeops.runtime.errors import error_line
 
 EXIT_FAILED = 1
 
@@ -36,29 +40,45 @@ def read_spec(path: str | None) -> AnyResource:
     return load_resource(source)
 
 
-def error_line(e: BaseException) -> str:
-    """One line for the termination message: bad input as is, anything else with its type."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, SpecError):
-        return f"error: {text}"
-    return f"error: {type(e).__name__}: {text}" if text else f"error: {type(e).__name__}"
+def read_group(directory: str) -> list[SAETrainingRun]:
+    """The members of a group Job: every `*.json` in `directory` (the operator's ConfigMap keys
+    `member-000.json`, ...), sorted by name, each an SAETrainingRun manifest."""
+    paths = sorted(Path(directory).glob("*.json"))
+    if not paths:
+        raise SpecError(f"--group {directory}: no *.json member manifests there")
+    runs = []
+    for path in paths:
+        res = load_resource(str(path))
+        if not isinstance(res, SAETrainingRun):
+            raise SpecError(f"--group {path}: a {res.kind}, not an SAETrainingRun")
+        runs.append(res)
+    from saeops.api.groups import stream_key
+
+    if len({stream_key(r.spec) for r in runs}) > 1:
+        raise SpecError(f"--group {directory}: the members do not share one activation stream "
+                        "(model, dataset, activations, batch size, tokens, seed and parallelism must match)")
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="saeops-runtime", description=__doc__)
     p.add_argument("--spec", help="manifest path (default: $SAEOPS_SPEC)")
+    p.add_argument("--group", metavar="DIR",
+                   help="train the SAETrainingRuns in DIR/*.json (sorted by name) as one group")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     port_env = os.environ.get("SAEOPS_METRICS_PORT")
     metrics_port = int(port_env) if port_env and rank == 0 else None
-    from saeops.runtime.launch import run_resource, write_termination_message
+    from saeops.runtime.launch import run_group, run_resource, write_termination_message
 
     try:
-        res = read_spec(args.spec)
         # Pods log to a collector, not a terminal: no progress bar there.
         progress = not args.no_progress and sys.stderr.isatty()
+        if args.group:
+            return run_group(read_group(args.group), progress=progress, metrics_port=metrics_port)
+        res = read_spec(args.spec)
         return run_resource(res, progress=progress, metrics_port=metrics_port, in_worker=True)
     except SpecError as e:
         line = error_line(e)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from saeops.api import ActivationCache, AnyResource, SAESweep, SAETrainingRun, SpecError, layout
+from saeops.runtime.errors import bad_input_types
 
 log = logging.getLogger("saeops.run")
 
@@ -67,24 +68,6 @@ def format_final(final: dict[str, float], where: str) -> str:
     return "\n".join(["final metrics:", *lines, f"artifacts: {where}"])
 
 
-def bad_input_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean the user's input is wrong (exit 2, one line), gathered lazily."""
-    types: list[type[BaseException]] = [SpecError]
-    for mod, names in (
-        ("saeops.runtime.storage", ("StorageError",)),
-        ("saeops.runtime.lm", ("UnknownHookPointError",)),
-        ("saeops.runtime.data", ("DatasetError",)),
-        ("saeops.runtime.cache", ("CacheError", "IncompleteCacheError", "CacheMismatchError",
-                                  "CacheCorruptError")),
-    ):
-        try:
-            module = __import__(mod, fromlist=list(names))
-        except ImportError:
-            continue
-        types.extend(getattr(module, n) for n in names if hasattr(module, n))
-    return tuple(types)
-
-
 def run_resource(res: AnyResource, *, progress: bool = True, metrics_port: int | None = None,
                  in_worker: bool = False) -> int:
     """Run a resource here. `in_worker`: already inside torchrun (never launch another)."""
@@ -103,9 +86,12 @@ def _run(res: AnyResource, *, progress: bool, metrics_port: int | None, in_worke
             from saeops.runtime.distributed.launcher import launch_torchrun
 
             return launch_torchrun(res, procs, progress=progress, metrics_port=metrics_port)
+        from saeops.api.groups import expand_run
         from saeops.runtime.distributed.preemption import EXIT_PREEMPTED, Preempted
         from saeops.runtime.train.job import TrainingJob
 
+        if len(members := expand_run(res)) > 1:  # one dictionary per hook point: a group
+            return run_group(members, progress=progress, metrics_port=metrics_port, label=res.metadata.name)
         try:
             result = TrainingJob(res, progress=progress, metrics_port=metrics_port).run_job()
         except Preempted as e:
@@ -131,6 +117,83 @@ def _run(res: AnyResource, *, progress: bool, metrics_port: int | None, in_worke
 
         return run_sweep(res, progress=progress)
     raise SpecError(f"kind {res.kind} cannot be run")
+
+
+def run_group(runs: list[SAETrainingRun], *, progress: bool = True, metrics_port: int | None = None,
+               label: str | None = None) -> int:
+    """Train runs that share one activation stream together (a sweep's group in a pod, or one
+    run's dictionaries). Exit 0 when every member ended, trained or failed alone (its entry in
+    the termination message says why); 1 when the group failed (every member, or the stream)."""
+    from saeops.runtime.distributed.preemption import EXIT_PREEMPTED, Preempted
+    from saeops.runtime.errors import error_line
+    from saeops.runtime.train.group import GroupFailed, GroupJob
+
+    job = GroupJob(runs, progress=progress, metrics_port=metrics_port, label=label, alone_raises=False)
+    try:
+        members = job.run_group()
+    except Preempted as e:
+        log.warning("%s; exiting with %d (every member resumes from its checkpoint)", e, EXIT_PREEMPTED)
+        if _local_rank0():
+            write_termination_message({"preempted": True, "step": e.step})
+        return EXIT_PREEMPTED
+    except GroupFailed as e:
+        if _global_rank0():
+            print(str(e), file=sys.stderr)
+            write_termination_message(group_message({m.key: {"error": m.error or "error: failed"}
+                                                     for m in e.members}))
+        return 1
+    except bad_input_types() as e:  # the input is wrong (exit 2, one line)
+        if isinstance(e, SpecError):
+            raise
+        raise SpecError(str(e).splitlines()[0]) from None
+    except Exception as e:  # the stream or the process group broke: every member stops here
+        log.exception("the group failed")
+        if _global_rank0():
+            line = error_line(e)
+            print(line, file=sys.stderr)
+            write_termination_message(group_message({m.key: {"error": m.error or line} for m in job.members})
+                                      if job.members else line)
+        return 1
+    entries: dict[str, dict[str, Any]] = {}
+    for key, m in members.items():
+        if m.result is not None:
+            entries[key] = {"final": _final_summary(m.result.final), "lastCheckpoint": last_checkpoint(m.run)}
+            if _global_rank0():
+                print(f"{key}:\n{format_final(m.result.final, m.result.output_uri)}", file=sys.stdout)
+        else:
+            entries[key] = {"error": m.error or "error: no result"}
+            if _global_rank0():
+                print(f"{key}: FAILED {m.error}", file=sys.stdout)
+    if _global_rank0():
+        write_termination_message(group_message(entries))
+    return 0
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.6g}")
+
+
+def group_message(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`{"members": {name: {"final", "lastCheckpoint"} | {"error"}}}` within the 4096 bytes
+    Kubernetes keeps: floats to 6 significant digits; when still too long, long error lines are
+    shortened, then checkpoint URIs left out (the operator knows each member's output), then
+    errors cut short. Never cut mid-JSON."""
+    members = {k: {**e, **({"final": {n: _round(v) for n, v in e["final"].items()}} if "final" in e else {})}
+               for k, e in entries.items()}
+
+    def fits() -> bool:
+        return len(json.dumps({"members": members}, separators=(",", ":")).encode()) <= MAX_TERMINATION_MESSAGE
+
+    for step in ("errors-200", "checkpoints", "errors-60", "errors-20"):
+        if fits():
+            break
+        for e in members.values():
+            if step.startswith("errors") and "error" in e:
+                cap = int(step.split("-")[1])
+                e["error"] = e["error"] if len(e["error"]) <= cap else e["error"][:cap - 3] + "..."
+            if step == "checkpoints" and "lastCheckpoint" in e:
+                e["lastCheckpoint"] = None
+    return {"members": members}
 
 
 FINAL_KEYS = ("l0", "explained_variance", "mse", "dead_fraction", "dense_fraction", "tokens", "seconds")

@@ -54,6 +54,13 @@ class RunMetrics:
         self.port: int | None = None
         self._server = None
 
+    def member(self, run: str, namespace: str) -> RunMetrics:
+        """A view on these gauges for one member of a training group: its series carry its own
+        `run` label; the endpoint (served by this object) is shared."""
+        view = object.__new__(RunMetrics)
+        view.__dict__.update(self.__dict__, run=run, namespace=namespace, _server=None)
+        return view
+
     def serve(self, port: int, addr: str | None = None) -> int:
         """Start the /metrics server (on `bind_address()` unless `addr`); port 0 picks a free
         port. Returns the bound port."""

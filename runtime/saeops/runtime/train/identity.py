@@ -190,13 +190,17 @@ def prepare_output(res: AnyResource, *, force_new: bool = False) -> list[str]:
             raise SpecError(f"--force-new applies to SAETrainingRun, not {res.kind} (an ActivationCache resumes "
                             "only with the same settings; choose another storage URI to start over)")
         return []
-    storage = open_output(res.spec.output)  # a bad or unwritable output fails before anything is deleted
+    from saeops.api.groups import expand_run
+
+    members = expand_run(res)  # one run per dictionary: each has its own output
+    outputs = [(m, open_output(m.spec.output)) for m in members]  # bad outputs fail before any delete
     if not force_new:
-        check_output(storage, res)
+        for member, storage in outputs:
+            check_output(storage, member)
         return []
     check_dataset_path(res.spec.dataset)
     try:
-        return start_over(storage)
+        return [key for _, storage in outputs for key in start_over(storage)]
     except StorageError as e:
         raise SpecError(f"--force-new: {e}") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ def build_optimizer(model: SparseDictionary, trainer: TrainerSpec) -> torch.opti
     # The fused kernel is one pass over each parameter (measured 14 ms vs 158 ms for foreach on a
     # 768x12288 SAE on 2 CPU cores); it exists for float CPU and CUDA parameters.
     return cls(groups, lr=trainer.lr, betas=trainer.betas, weight_decay=trainer.weight_decay, fused=True)
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being a finite number: this dictionary cannot train on."""
 
 
 class TrainerComm(Protocol):
@@ -164,6 +169,13 @@ class Trainer:
             self.comm.reduce_window(self.window)
         # A CLT's window sums the error over its L output layers.
         values = self.window.compute(self.model.d_out * self.model.n_layers)
+        bad = next((k for k in ("loss_total", "mse") if not math.isfinite(values.get(k, 0.0))), None)
+        if bad is not None:
+            # Reduced over the ranks first, so every rank of a distributed run agrees.
+            self.window.reset()
+            what = "the loss" if bad == "loss_total" else "the MSE"
+            raise Diverged(f"{what} is {values[bad]} by step {self.state.step}: training diverged "
+                           f"(lower spec.trainer.lr={self.cfg.lr:g} or set spec.trainer.clipGradNorm)")
         values.update(self.tracker.compute())
         values.update(self._layer_values)
         values.update(
@@ -180,28 +192,47 @@ class Trainer:
             self.on_log(values)
         return values
 
-    def fit(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Train until total_training_tokens; returns the final metrics (last logging window)."""
-        total_steps = self.cfg.total_steps
+    @property
+    def done(self) -> bool:
+        """Every step of the run is taken."""
+        return self.state.step >= self.cfg.total_steps
+
+    def begin(self) -> None:
+        """Start (or resume) the clock and training mode before the first `advance`."""
         self.model.train()
-        t0 = time.perf_counter() - self.state.seconds
-        values: dict[str, float] = {}
-        for batch in batches:
-            if self.state.step >= total_steps:
-                break
-            self.train_step(batch)
-            self.state.seconds = time.perf_counter() - t0
-            last = self.state.step >= total_steps
-            if self.state.step % self.cfg.log_frequency == 0 or last:
-                values = self.log_metrics()
-            if self.on_step is not None:
-                self.on_step(self)
-        if self.state.step < total_steps:
-            log.warning("activation stream ended after %d of %d steps", self.state.step, total_steps)
+        self._t0 = time.perf_counter() - self.state.seconds
+
+    def advance(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One step on `batch`, then the metrics when it is a logging step (else None) and the
+        `on_step` callback. A group of dictionaries calls this for each of its members in turn."""
+        self.train_step(batch)
+        self.state.seconds = time.perf_counter() - self._t0
+        values = None
+        if self.state.step % self.cfg.log_frequency == 0 or self.done:
+            values = self.log_metrics()
+        if self.on_step is not None:
+            self.on_step(self)
+        return values
+
+    def end(self, values: dict[str, float]) -> dict[str, float]:
+        """After the stream: the last window's metrics when the stream ended early."""
+        if not self.done:
+            log.warning("activation stream ended after %d of %d steps", self.state.step, self.cfg.total_steps)
             unlogged = self.window.steps > 0 if self.comm is None else self.comm.window_has_steps(self.window)
             if unlogged:
                 values = self.log_metrics()
         return values
+
+    def fit(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Train until total_training_tokens; returns the final metrics (last logging window)."""
+        self.begin()
+        values: dict[str, float] = {}
+        if not self.done:
+            for batch in batches:
+                values = self.advance(batch) or values
+                if self.done:
+                    break  # not one batch more: a live stream would run the model for it
+        return self.end(values)
 
     # -- checkpoint state (weights are saved by the caller)
 

@@ -1,0 +1,161 @@
+"""Training groups: one activation stream feeds several dictionaries, each exactly as if alone."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saeops.api import SAETrainingRun, parse_resource
+from saeops.api.groups import expand_run, stream_key
+from saeops.runtime.data.stream import ActivationStream
+from saeops.runtime.train.group import GroupFailed, GroupJob
+from saeops.runtime.train.job import TrainingJob
+from tests.runtime.conftest import tiny_run_doc
+
+# Wall-clock fields differ between any two runs; everything else must be equal.
+TIMING = {"seconds", "tokens_per_second"}
+
+
+def member_doc(base: dict[str, Any], name: str, out: Path, sae: dict[str, Any] | None = None,
+               **trainer: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(base)
+    doc["metadata"]["name"] = name
+    doc["spec"]["sae"].update(sae or {})
+    doc["spec"]["trainer"].update(trainer)
+    doc["spec"]["output"] = {"storageUri": str(out)}
+    return doc
+
+
+def run_of(doc: dict[str, Any]) -> SAETrainingRun:
+    run = parse_resource(doc, "test")
+    assert isinstance(run, SAETrainingRun)
+    return run
+
+
+def artifacts(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    metrics = json.loads((out / "metrics.json").read_text())
+    strip = [{k: v for k, v in h.items() if k not in TIMING} for h in [metrics["final"], *metrics["history"]]]
+    return load_file(str(out / "sae.safetensors")), {"final": strip[0], "history": strip[1:]}
+
+
+def assert_same(a: Path, b: Path) -> None:
+    wa, ma = artifacts(a)
+    wb, mb = artifacts(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key  # bitwise
+    assert ma == mb
+
+
+@pytest.fixture
+def forwards(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, ...]]:
+    """Model forwards of the live stream, by the hook points they read."""
+    seen: Counter[tuple[str, ...]] = Counter()
+    original = ActivationStream._rows
+
+    def counted(self: ActivationStream, *args: Any, **kwargs: Any) -> Any:
+        seen[tuple(self.hook_points)] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationStream, "_rows", counted)
+    return seen
+
+
+def test_a_group_trains_each_member_bitwise_as_alone_from_one_forward_per_batch(
+        tmp_path: Path, forwards: Counter[tuple[str, ...]]) -> None:
+    base = tiny_run_doc(tmp_path)
+    variants: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({}, {}),
+        ({"topK": 8, "expansionFactor": 2}, {"lr": 3e-3, "checkpointInterval": 3}),
+        ({"hookPointIn": "blocks.0.hook_resid_post", "actFn": "relu"}, {"optimizer": "adamw", "l1Coefficient": 1e-3}),
+    ]
+    group = [run_of(member_doc(base, f"m{i}", tmp_path / "group" / f"m{i}", sae, **tr))
+             for i, (sae, tr) in enumerate(variants)]
+    assert len({stream_key(r.spec) for r in group}) == 1
+    job = GroupJob(group, progress=False)
+    members = job.run_group()
+    assert list(members) == ["m0", "m1", "m2"] and all(m.error is None for m in members.values())
+    steps = group[0].spec.trainer.total_steps
+    assert job.forwards == steps  # one batch of the stream per step, for all three
+    group_forwards = sum(forwards.values())
+    # The forward reads both hook points (the deepest bounds it), never one per member.
+    assert set(forwards) == {("blocks.1.hook_resid_post", "blocks.0.hook_resid_post")}
+    forwards.clear()
+
+    for i, (sae, tr) in enumerate(variants):
+        alone = tmp_path / "alone" / f"m{i}"
+        TrainingJob(run_of(member_doc(base, f"m{i}", alone, sae, **tr)), progress=False).run_job()
+        assert_same(tmp_path / "group" / f"m{i}", alone)
+    # Alone, each run drew as many forwards as the whole group did: the group costs one stream.
+    assert sum(forwards.values()) == 3 * group_forwards
+
+
+def test_a_diverging_member_fails_alone_and_the_others_finish(tmp_path: Path) -> None:
+    base = tiny_run_doc(tmp_path)
+    good = run_of(member_doc(base, "good", tmp_path / "good"))
+    # float16 weights (with lr 10 for good measure): the loss overflows within a few steps.
+    bad = run_of(member_doc(base, "bad", tmp_path / "bad", {"dtype": "float16"}, lr=10.0))
+    members = GroupJob([good, bad], progress=False).run_group()
+    assert members["good"].error is None and members["good"].result is not None
+    err = members["bad"].error
+    assert err is not None and err.startswith("error: Diverged: the loss is "), err
+    assert "spec.trainer.lr=10" in err
+    assert (tmp_path / "good" / "metrics.json").exists()
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+    alone = tmp_path / "good-alone"
+    TrainingJob(run_of(member_doc(base, "good", alone)), progress=False).run_job()
+    assert_same(tmp_path / "good", alone)
+
+    # Every member failing fails the group, each still with its own error.
+    with pytest.raises(GroupFailed) as info:
+        GroupJob([run_of(member_doc(base, "bad2", tmp_path / "bad2", {"dtype": "float16"}, lr=10.0))],
+                 progress=False, alone_raises=False).run_group()
+    assert info.value.members[0].error.startswith("error: Diverged")
+
+
+def test_one_sae_per_hook_point_is_one_run_with_one_forward_per_batch(
+        tmp_path: Path, forwards: Counter[tuple[str, ...]]) -> None:
+    doc = tiny_run_doc(tmp_path)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    doc["spec"]["sae"].pop("hookPointIn")
+    doc["spec"]["sae"]["perHookPoint"] = hooks
+    run = run_of(doc)
+    assert [m.spec.sae.hook_point_in for m in expand_run(run)] == hooks
+    job = TrainingJob(run, progress=False)
+    members = job.run_members()
+    assert list(members) == hooks
+    assert job.group.forwards == run.spec.trainer.total_steps
+    assert set(forwards) == {tuple(hooks)}
+    out = Path(doc["spec"]["output"]["storageUri"])
+    for hook, m in members.items():
+        metrics = json.loads((out / hook / "metrics.json").read_text())
+        assert metrics["final"] == m.result.final  # per-layer metrics, each in its own output
+        config = json.loads((out / hook / "config.json").read_text())
+        assert config["run"]["spec"]["sae"]["hookPointIn"] == hook
+    # Each layer's SAE equals that layer's SAE trained alone.
+    alone = copy.deepcopy(doc)
+    alone["spec"]["sae"].pop("perHookPoint")
+    alone["spec"]["sae"]["hookPointIn"] = hooks[0]
+    alone["spec"]["output"] = {"storageUri": str(tmp_path / "alone")}
+    TrainingJob(run_of(alone), progress=False).run_job()
+    assert_same(out / hooks[0], tmp_path / "alone")
+
+
+def test_per_hook_point_spec_rules() -> None:
+    from pydantic import ValidationError
+
+    from saeops.api import DictionarySpec
+
+    assert DictionarySpec(per_hook_point=["a", "b"]).hook_points() == ["a", "b"]
+    for bad, needle in [({"per_hook_point": ["a"], "hook_point_in": "a"}, "not both"),
+                        ({"per_hook_point": ["a", "a"]}, "each hook point once"),
+                        ({"per_hook_point": ["a"], "type": "transcoder"}, "type: sae")]:
+        with pytest.raises(ValidationError, match=needle):
+            DictionarySpec(**bad)
