@@ -78,7 +78,7 @@ def run_from_cache(c: Cluster, name: str, cache_name: str, **trainer: Any) -> Ob
 
 
 def sweep(c: Cluster, name: str, cache_name: str) -> Obj:
-    """examples/sweep.yaml: two trials (topK 8 and 16) at once, each from the cache."""
+    """examples/sweep.yaml: two trials (topK 8 and 16) at once, from the cache (one group)."""
     doc = example("sweep.yaml")
     doc["metadata"] = {"name": name, "namespace": NS}
     spec = doc["spec"]

@@ -122,19 +122,21 @@ async def test_preempted_run_resumes_to_the_same_weights(module_cluster: Cluster
         assert ours[key].dtype == theirs[key].dtype and bool((ours[key] == theirs[key]).all()), key
 
 
-async def test_sweep_runs_two_trials_at_once(module_cluster: Cluster) -> None:
+async def test_sweep_trains_two_trials_at_once_in_one_group_job(module_cluster: Cluster) -> None:
     c = module_cluster
     await c.phase("ActivationCache", CACHE, "Succeeded")
     await c.create("SAESweep", manifests.sweep(c, "sw", CACHE))
     trials = ("sw-0", "sw-1")
-    await c.wait("both trials' pods running at once", lambda: all(c.runner.running(t) for t in trials))
-    # Each pod listens on its own address: the two rendezvous/metrics servers do not collide.
-    ips = {c.runner.running(t)[0].ip for t in trials}
-    assert len(ips) == 2
+    # Both trials read one cache, so (grouping is on by default) they train at once in one group
+    # Job the sweep owns: one pod, one read of the stream, each trial its own status and output.
+    await c.wait("the group's pod running", lambda: c.runner.running("sw"))
+    assert not any(c.runner.of(t) for t in trials), "grouped trials get no pods of their own"
 
     sweep = await c.phase("SAESweep", "sw", "Succeeded")
     runs = {t: c.status("SAETrainingRun", t) for t in trials}
     assert all(r["phase"] == "Succeeded" for r in runs.values())
+    assert len(c.runner.of("sw")) == 1 and {r["jobName"] for r in runs.values()} == {
+        c.runner.of("sw")[0].job["metadata"]["name"]}, "both trials followed the one group Job"
     best = max(trials, key=lambda t: float(runs[t]["metrics"]["explained_variance"]))
     assert sweep["bestTrial"]["name"] == best
     assert sweep["trialsSucceeded"] == 2
