@@ -82,9 +82,9 @@ def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr
     seed = int(case.get("seed", common.SEED))
     init_spec = InitializerSpec(**case["init"])
     overrides = {"SEARCH_MAX_TOKENS": case.get("search_tokens"), "MEDIAN_MAX_TOKENS": case.get("median_tokens")}
-    saved = {k: getattr(init_module, k) for k, v in overrides.items() if v is not None and hasattr(init_module, k)}
-    for k in saved:
-        setattr(init_module, k, overrides[k])
+    saved = {c: getattr(init_module, c) for c, v in overrides.items() if v is not None and hasattr(init_module, c)}
+    for c in saved:  # not `k`: that is the TopK k argument
+        setattr(init_module, c, overrides[c])
     k = int(case.get("k", k))
     lr = float(case.get("lr", lr))
     sae_spec = DictionarySpec(hook_point_in=HOOK, act_fn="topk", top_k=k, expansion_factor=common.EXPANSION)
@@ -102,8 +102,8 @@ def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr
             initializer.initialize(model, sample, sample)
             times.append(time.perf_counter() - t0)
     finally:
-        for k, v in saved.items():
-            setattr(init_module, k, v)
+        for c, v in saved.items():
+            setattr(init_module, c, v)
     search = getattr(initializer, "last_search", None)
     # Exploration knobs (not timed): scale the initialised decoder / encoder, e.g. to ask whether
     # another norm than the sample-MSE optimum trains better.
