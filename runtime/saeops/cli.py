@@ -16,6 +16,7 @@ from pathlib import Path
 from saeops.api import (
     EXIT_BAD_INPUT,
     AnyResource,
+    SAETrainingRun,
     SpecError,
     apply_overrides,
     parse_resource,
@@ -52,10 +53,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    res = _load(args)  # bad input fails before torch is imported
+
     from saeops.runtime.launch import run_resource
     from saeops.runtime.train.identity import prepare_output
 
-    res = _load(args)
+    if isinstance(res, SAETrainingRun) and res.spec.trainer.wandb is not None:
+        from saeops.runtime.train.wandb_logger import import_wandb
+
+        import_wandb()  # a missing optional package is bad input: refused before the output is touched
     # Before torchrun starts: a refused resume is exit 2, and --force-new deletes once, here.
     prepare_output(res, force_new=args.force_new)
     return run_resource(res, progress=not args.no_progress, metrics_port=args.metrics_port)

@@ -129,8 +129,11 @@ class Mounts:
     files: dict[Path, str] = field(default_factory=dict)
 
 
-def volume_mounts(pod: Obj, container: Obj, objects: dict[tuple[str, str], Obj], host_dir: Path) -> Mounts:
-    """ConfigMap and Secret volumes as read-only files; emptyDirs as tmpfs."""
+def volume_mounts(pod: Obj, container: Obj, objects: dict[tuple[str, str], Obj], host_dir: Path,
+                  claims_dir: Path | None = None) -> Mounts:
+    """ConfigMap and Secret volumes as read-only files; emptyDirs as tmpfs; a PersistentVolumeClaim
+    as a host directory per claim under `claims_dir`, shared by every pod that names it (what a
+    ReadWriteMany claim gives; one host, so ReadWriteOnce behaves the same)."""
     out = Mounts()
     volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
     for mount in container.get("volumeMounts") or []:
@@ -146,6 +149,14 @@ def volume_mounts(pod: Obj, container: Obj, objects: dict[tuple[str, str], Obj],
             if size:
                 opts += f",size={int(quantity(size))}"
             out.args += ["--tmpfs", f"{path}:{opts}"]
+            continue
+        if "persistentVolumeClaim" in vol:
+            claim = vol["persistentVolumeClaim"]["claimName"]
+            target = (claims_dir or host_dir / "claims") / claim
+            target.mkdir(parents=True, exist_ok=True)
+            target.chmod(0o777)  # a fresh volume the pod's non-root user can write (fsGroup's effect)
+            ro = ":ro" if mount.get("readOnly") or vol["persistentVolumeClaim"].get("readOnly") else ""
+            out.args += ["-v", f"{target}:{path}{ro}"]
             continue
         for kind, key, name_key in (("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName")):
             if key in vol:
@@ -169,7 +180,7 @@ def volume_mounts(pod: Obj, container: Obj, objects: dict[tuple[str, str], Obj],
                 out.args += ["-v", f"{target}:{path}:ro"]
                 break
         else:
-            raise PodConfigError(f"volume {mount['name']}: only emptyDir, configMap and secret are supported")
+            raise PodConfigError(f"volume {mount['name']}: only emptyDir, configMap, secret and persistentVolumeClaim are supported")
     return out
 
 

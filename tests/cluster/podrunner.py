@@ -252,7 +252,8 @@ class PodRunner:
             objects = await self._references(rec)
             injected = {"JOB_COMPLETION_INDEX": str(rec.index)}
             env = kubelet.container_env(container, rec.pod, objects, injected)
-            mounts = kubelet.volume_mounts(rec.pod, container, objects, rec.dir / "volumes")
+            mounts = kubelet.volume_mounts(rec.pod, container, objects, rec.dir / "volumes",
+                                          self.workdir / "claims")
             args = ["--name", f"saeops-pod-{rec.name}", "--network=host", "--hostname", rec.hostname]
             for entry in await self._hosts(rec):
                 args += ["--add-host", entry]

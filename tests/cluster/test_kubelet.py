@@ -163,8 +163,11 @@ def test_every_rendered_pod_can_be_run(doc: Obj, tmp_path: Path) -> None:
     children = render_manifest(doc)
     (job,) = [ch for ch in children if ch["kind"] == "Job"]
     objects = {(ch["kind"], ch["metadata"]["name"]): ch for ch in children if ch["kind"] == "ConfigMap"}
-    objects[("Secret", "creds")] = {"kind": "Secret", "stringData": {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}}
     p = copy.deepcopy(job["spec"]["template"])
+    # Every Secret key the pod reads (S3 credentials, a hub token) exists, as a user would create it.
+    for ref in (e["valueFrom"]["secretKeyRef"] for c in p["spec"]["containers"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})):
+        objects.setdefault(("Secret", ref["name"]), {"kind": "Secret", "stringData": {}})["stringData"][ref["key"]] = "x"
     p["metadata"].update(name="x-0-abcde", namespace="default", uid="u")
     p["metadata"].setdefault("annotations", {})["batch.kubernetes.io/job-completion-index"] = "0"
     p["status"] = {"podIP": "127.1.2.3", "hostIP": "127.0.0.1"}

@@ -75,10 +75,10 @@ MountPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(
 FileMode = Annotated[int, Field(ge=0, le=0o777)]
 
 
-def _one_of(model: SpecModel, fields: tuple[str, ...], what: str) -> None:
-    set_ = [f for f in fields if getattr(model, f) is not None]
+def _one_of(spec: SpecModel, fields: tuple[str, ...], what: str) -> None:
+    set_ = [f for f in fields if getattr(spec, f) is not None]
     if len(set_) != 1:
-        camel = [model.model_fields[f].alias or f for f in fields]
+        camel = [spec.model_fields[f].alias or f for f in fields]
         raise ValueError(f"{what}: set exactly one of {', '.join(camel)}")
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from saeops.api import EXIT_BAD_INPUT, AnyResource, SpecError, load_resource, parse_resource
 
@@ -73,5 +74,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def exit_now(code: int) -> NoReturn:
+    """End a torchrun worker without the interpreter's teardown.
+
+    With gloo, finalization after a clean `destroy_process_group` sometimes destroys a
+    still-joinable C++ thread and the process aborts (SIGABRT) after everything was written, so a
+    finished rank would count as a failed pod. Outputs are flushed first; nothing is left to do."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        exit_now(code)
+    sys.exit(code)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saeops.api.common import DatasetSpec
 from saeops.runtime.data.loading import DatasetError
+
+if TYPE_CHECKING:
+    from saeops.runtime.lm.base import LanguageModel
 
 
 def _norm(location: str) -> str:
@@ -19,7 +22,7 @@ def model_tokenizer_location(model: Any) -> str | None:
     return spec.tokenizer or spec.path
 
 
-def check_tokenized_with(model: Any, dataset: DatasetSpec) -> None:
+def check_tokenized_with(model: LanguageModel, dataset: DatasetSpec) -> None:
     """`dataset.tokenizedWith`, when given, must name the model's tokenizer."""
     made_with = dataset.tokenized_with
     ours = model_tokenizer_location(model)
@@ -32,9 +35,9 @@ def check_tokenized_with(model: Any, dataset: DatasetSpec) -> None:
         )
 
 
-def token_encoder(model: Any, dataset: DatasetSpec) -> Callable[[list[Any]], list[list[int]]]:
+def token_encoder(model: LanguageModel, dataset: DatasetSpec) -> Callable[[list[Any]], list[list[int]]]:
     """The "encoder" of pre-tokenized documents: ids pass through, checked against the embedding."""
-    rows = getattr(model, "embedding_rows", None)
+    rows = model.embedding_rows
 
     def encode(docs: list[Any]) -> list[list[int]]:
         out: list[list[int]] = []
@@ -58,7 +61,7 @@ def token_encoder(model: Any, dataset: DatasetSpec) -> Callable[[list[Any]], lis
     return encode
 
 
-def document_encoder(model: Any, dataset: DatasetSpec) -> Callable[[list[Any]], list[list[int]]]:
+def document_encoder(model: LanguageModel, dataset: DatasetSpec) -> Callable[[list[Any]], list[list[int]]]:
     """How `pack_windows` turns this dataset's documents into ids: the tokenizer for text, the
     checked pass-through for a `tokenField` column."""
     if dataset.token_field:

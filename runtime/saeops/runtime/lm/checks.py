@@ -15,11 +15,14 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from saeops.runtime.sources import SourceError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("saeops.lm")
 
@@ -75,7 +78,7 @@ def safetensors_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Pa
     return out
 
 
-def _meta_model(path: Path, has_head: bool) -> torch.nn.Module | None:
+def _meta_model(path: Path, has_head: bool) -> PreTrainedModel | None:
     """The architecture `config.json` describes, on the meta device (None if it cannot be built)."""
     try:
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -122,13 +125,16 @@ def check_weights(path: Path, field: str, has_head: bool) -> int | None:
     model = _meta_model(path, has_head)
     if model is None:
         return None
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        emb = model.get_input_embeddings()
+    except NotImplementedError:  # an architecture that does not say which module embeds
+        emb = None
     rows = int(emb.num_embeddings) if isinstance(emb, torch.nn.Embedding) else None
     st = [f for f in files if f.suffix == ".safetensors"]
     if not st:
         return rows  # pickled weights: read only by the library's own load
     shapes = safetensors_shapes(st)
-    prefix = getattr(model, "base_model_prefix", "") or ""
+    prefix = model.base_model_prefix or ""
     missing: list[str] = []
     for name, param in model.named_parameters():
         key = _lookup(name, prefix, shapes)
