@@ -38,7 +38,11 @@ import floor  # noqa: E402
 import torch  # noqa: E402
 
 import saeops.runtime.models.init as init_module  # noqa: E402
-from saeops.api import DictionarySpec, InitializerSpec, TrainerSpec  # noqa: E402
+
+try:
+    from saeops.api import DictionarySpec, InitializerSpec, TrainerSpec
+except ImportError:  # the code before the api/runtime split (e.g. 860a48f): the specs lived in the runtime
+    from saeops.runtime.spec import DictionarySpec, InitializerSpec, TrainerSpec  # type: ignore[no-redef]
 from saeops.runtime.models import Initializer, build_dictionary  # noqa: E402
 from saeops.runtime.train.trainer import Trainer  # noqa: E402
 
@@ -73,13 +77,14 @@ def parse_case(text: str) -> tuple[str, dict[str, Any]]:
     return name, case
 
 
-def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr: float, k: int) -> dict[str, Any]:
+def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr: float, k: int,
+             train: bool = True) -> dict[str, Any]:
     seed = int(case.get("seed", common.SEED))
     init_spec = InitializerSpec(**case["init"])
     overrides = {"SEARCH_MAX_TOKENS": case.get("search_tokens"), "MEDIAN_MAX_TOKENS": case.get("median_tokens")}
-    saved = {k: getattr(init_module, k) for k, v in overrides.items() if v is not None and hasattr(init_module, k)}
-    for k in saved:
-        setattr(init_module, k, overrides[k])
+    saved = {c: getattr(init_module, c) for c, v in overrides.items() if v is not None and hasattr(init_module, c)}
+    for c in saved:  # not `k`: that is the TopK k argument
+        setattr(init_module, c, overrides[c])
     k = int(case.get("k", k))
     lr = float(case.get("lr", lr))
     sae_spec = DictionarySpec(hook_point_in=HOOK, act_fn="topk", top_k=k, expansion_factor=common.EXPANSION)
@@ -97,8 +102,8 @@ def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr
             initializer.initialize(model, sample, sample)
             times.append(time.perf_counter() - t0)
     finally:
-        for k, v in saved.items():
-            setattr(init_module, k, v)
+        for c, v in saved.items():
+            setattr(init_module, c, v)
     search = getattr(initializer, "last_search", None)
     # Exploration knobs (not timed): scale the initialised decoder / encoder, e.g. to ask whether
     # another norm than the sample-MSE optimum trains better.
@@ -116,6 +121,10 @@ def run_case(data: common.Data, name: str, case: dict[str, Any], repeat: int, lr
         return model.decode(z) / out_factor
 
     at_init = common.evaluate(encode, decode, data.eval)
+    if not train:  # timing only (e.g. the code before and after, alternated on a shared machine)
+        return {"case": name, "init": init_spec.model_dump(exclude_defaults=True), "seed": seed,
+                "init_s": [round(t, 3) for t in times], "load": [round(x, 2) for x in os.getloadavg()],
+                "ev_init": round(at_init["ev"], 4), "saeops": init_module.__file__}
     model.train()
     trainer = make_trainer(model, sae_spec, trainer_spec, HOOK, HOOK)
     t0 = time.perf_counter()
@@ -167,6 +176,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=common.LR, help="default lr (a case may set its own)")
     ap.add_argument("--k", type=int, default=common.K, help="default TopK k (a case may set its own)")
     ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--no-train", action="store_true", help="time the initialisation only (no training)")
     ap.add_argument("--out", type=Path, help="append JSON lines here")
     args = ap.parse_args()
     args.variant = "topk"
@@ -181,7 +191,7 @@ def main() -> None:
     if not cases:
         cases = [("none", {"init": {}}), ("quickstart", {"init": QUICKSTART})]
     for name, case in cases:
-        row = run_case(data, name, case, args.repeat, args.lr, args.k)
+        row = run_case(data, name, case, args.repeat, args.lr, args.k, train=not args.no_train)
         line = json.dumps(row)
         print(line, flush=True)
         if args.out is not None:

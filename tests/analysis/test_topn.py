@@ -127,6 +127,30 @@ def test_token_budget_and_feature_subset(tiny_lm, corpus: Path) -> None:
     res = analyze(tiny_lm, model, window_stream(tiny_lm, corpus).iter_windows(), top_n=3, max_features=7,
                   tokens=50)
     assert res.top["value"].shape == (7, 3) and res.count.shape == (model.d_sae,)
-    assert 50 <= res.meta["tokens"] < 50 + 4 * 24  # stops after the batch that crossed the budget
+    assert res.meta["tokens"] == 50 and int(res.l0_counts.sum()) == 50  # exactly the budget, mid-window
     assert res.logits is not None and res.logits["top_ids"].shape == (7, 10)
     assert all(isinstance(res.vocab[int(t)], str) for t in res.logits["top_ids"].flatten())
+
+
+@pytest.mark.parametrize("budget", [1, 23, 50, 97])
+def test_token_budget_counts_the_first_n_kept_tokens(tiny_lm, corpus: Path, budget: int) -> None:
+    model = make_sae("relu")
+    res = analyze(tiny_lm, model, window_stream(tiny_lm, corpus).iter_windows(), top_n=3, tokens=budget)
+    acts, where = brute_force(tiny_lm, model, corpus, 24)
+    first = acts[:budget]
+    assert res.meta["tokens"] == budget and res.meta["tokens_requested"] == budget
+    assert torch.equal(res.count, (first > 0).sum(0))
+    assert torch.allclose(res.max, first.max(0).values.clamp_min(0))
+    # No top context comes from a token past the budget.
+    seen = {tuple(w) for w in where[:budget].tolist()}
+    valid = res.top["value"] > 0
+    got = set(zip(res.top["window"][valid].tolist(), res.top["position"][valid].tolist(), strict=True))
+    assert got <= seen
+
+
+def test_token_budget_past_the_stream_analyses_what_there_is(tiny_lm, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "small.jsonl", 3)
+    model = make_sae("relu")
+    res = analyze(tiny_lm, model, window_stream(tiny_lm, corpus).iter_windows(), top_n=3, tokens=10**6)
+    acts, _ = brute_force(tiny_lm, model, corpus, 24)
+    assert res.meta["tokens"] == acts.shape[0] < 10**6 and res.meta["tokens_requested"] == 10**6

@@ -219,8 +219,8 @@ def analyze(lm: Any, model: SparseDictionary, stream_windows: Iterable[dict[str,
             n_weak: int = 8, context_radius: int = 8, max_features: int | None = None,
             tokens: int | None = None, bins: int = 32, seed: int = 0) -> AnalysisResult:
     """Summarise every feature over `stream_windows` (`ActivationStream.iter_windows()`
-    batches: `{hook: (B, T, d), "tokens", "mask", "windows", ...}`), stopping once `tokens`
-    kept tokens were read (None: the whole stream). Contexts are kept for the first
+    batches: `{hook: (B, T, d), "tokens", "mask", "windows", ...}`) over exactly `tokens` kept
+    (non-special) tokens, fewer only when the stream ends first (None: the whole stream). Contexts are kept for the first
     `max_features` features (None: all); statistics cover all features."""
     sae = check_model(model)
     hook = str(sae.spec.hook_point_in)
@@ -245,6 +245,13 @@ def analyze(lm: Any, model: SparseDictionary, stream_windows: Iterable[dict[str,
         B, T = x.shape[:2]
         context = T
         mask = batch["mask"].to(device).reshape(-1)
+        if tokens is not None:
+            # Exactly `tokens` kept tokens: the batch's last window is cut at the first kept tokens
+            # that complete the count (its later tokens still show in contexts, with no activation).
+            kept = mask.nonzero().flatten()
+            if len(kept) > tokens - stats.tokens:
+                mask = mask.clone()
+                mask[kept[tokens - stats.tokens:]] = False
         rows, cols, values = _entries(model, x.reshape(B * T, -1), mask)
         stats.update(rows, cols, values, mask.nonzero().flatten())
         n_windows += B
@@ -276,7 +283,7 @@ def analyze(lm: Any, model: SparseDictionary, stream_windows: Iterable[dict[str,
         ids = torch.cat([ids, logits["top_ids"].flatten(), logits["bottom_ids"].flatten()])
     count = stats.count.cpu()
     edges = stats.edges if stats.edges is not None else _log_edges(1.0, bins)
-    meta = {"tokens": stats.tokens, "windows": n_windows, "context_size": context, "top_n": top_n,
+    meta = {"tokens": stats.tokens, "tokens_requested": tokens, "windows": n_windows, "context_size": context, "top_n": top_n,
             "n_weak": n_weak, "context_radius": context_radius, "d_sae": d_sae, "hook_point": hook,
             "kind": model.spec.type, "model": getattr(lm.spec, "name", "?"),
             "bins": bins}

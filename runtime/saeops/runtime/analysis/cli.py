@@ -15,9 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from saeops.api import SAETrainingRun
+from saeops.api import EXIT_BAD_INPUT, SAETrainingRun
+from saeops.api.load import one_line
 from saeops.runtime.analysis.analyze import AnalysisError, AnalysisResult, analyze
 from saeops.runtime.analysis.artifact import save_analysis
 from saeops.runtime.analysis.report import render_report
@@ -75,30 +76,52 @@ def analyze_run(output_uri: str, tokens: int = 65536, top_n: int = 16, max_featu
                      max_features=max_features, tokens=tokens)
     result.meta["run"] = run.metadata.name
     uri = write_report(result, out, metrics)
-    log.info("analysis of %s tokens written in %.1f s: %s", f"{result.meta['tokens']:,}",
-             time.monotonic() - start, uri)
+    n = result.meta["tokens"]
+    if n < tokens:
+        log.warning("the dataset ended after %s of the %s tokens asked for", f"{n:,}", f"{tokens:,}")
+    log.info("analysis of %s tokens written in %.1f s: %s", f"{n:,}", time.monotonic() - start, uri)
     return uri
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one `error:` line naming the option, exit 2 (argparse prints the usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {one_line(message)} (see --help)\n")
+
+
+def _positive(value: str) -> int:
+    """An integer >= 1 (argparse names the option in the error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; give one >= 1") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
+    return n
 
 
 def main_analyze(argv: list[str] | None = None) -> int:
     """Entry point of `saeops analyze`. Exit 0 on success, 2 on bad input."""
-    p = argparse.ArgumentParser(prog="saeops analyze", description=(__doc__ or "").splitlines()[0])
+    p = _Parser(prog="saeops analyze", description=(__doc__ or "").splitlines()[0])
     p.add_argument("run", help="run output location (directory, file:// or s3:// URI)")
-    p.add_argument("--tokens", type=int, default=65536, help="tokens to stream (default 65536)")
-    p.add_argument("--top-n", type=int, default=16, help="top-activating contexts per feature (default 16)")
-    p.add_argument("--max-features", type=int, default=None, help="features with cards (default: all)")
+    p.add_argument("--tokens", type=_positive, default=65536,
+                   help="analyse exactly this many tokens of the run's dataset (special tokens not counted; "
+                        "fewer only if the dataset ends first); the report states the count (default 65536)")
+    p.add_argument("--top-n", type=_positive, default=16, help="top-activating contexts per feature (default 16)")
+    p.add_argument("--max-features", type=_positive, default=None, help="features with cards (default: all)")
     p.add_argument("--out", default=None, metavar="URI", help="output location (default RUN/analysis)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the run's model device)")
-    args = p.parse_args(argv)
-    if args.tokens < 1 or args.top_n < 1 or (args.max_features is not None and args.max_features < 1):
-        print("saeops analyze: --tokens, --top-n and --max-features must be >= 1", file=sys.stderr)
-        return 2
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, its one line already printed)
+        return int(e.code or 0)
     try:
         uri = analyze_run(args.run, args.tokens, args.top_n, args.max_features, out_uri=args.out,
                           device=args.device)
     except (AnalysisError, FileNotFoundError, StorageError) as e:
-        print(f"saeops analyze: {e}", file=sys.stderr)
-        return 2
+        print(f"error: saeops analyze: {one_line(str(e))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(uri)
     return 0
 

@@ -135,7 +135,9 @@ def render_report(result: AnalysisResult, metrics: dict[str, Any] | None = None,
     meta = result.meta
     title = title or f"{meta.get('model', 'model')} · {meta.get('hook_point', '')}"
     final = (metrics or {}).get("final") or {}
-    facts = [("features", f"{meta['d_sae']:,}"), ("analysed tokens", f"{meta['tokens']:,}"),
+    asked = meta.get("tokens_requested")
+    analysed = f"{meta['tokens']:,}" + (f" (of {asked:,}: the dataset ended)" if asked and asked > meta["tokens"] else "")
+    facts = [("features", f"{meta['d_sae']:,}"), ("analysed tokens", analysed),
              ("alive", f"{int((result.count > 0).sum()):,}")]
     facts += [(label, _fmt(final[k])) for k, label in SUMMARY_KEYS if k in final]
     summary = "".join(f"<div class=fact><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>"
