@@ -23,7 +23,7 @@ from saeops.api import (
     read_document,
     set_path,
 )
-from saeops.api.load import one_line
+from saeops.api.load import CommandParser, one_line
 
 
 def _fail(msg: str) -> int:
@@ -139,7 +139,7 @@ PASSTHROUGH = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="saeops", description="Train sparse dictionaries on LM activations.")
+    p = CommandParser(prog="saeops", description="Train sparse dictionaries on LM activations.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 

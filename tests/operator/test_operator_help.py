@@ -33,8 +33,6 @@ def test_help_as_a_user_types_it_needs_no_torch() -> None:
     assert "--all-namespaces" in done.stdout and done.stdout.rstrip().endswith("exit 0")
 
 
-@pytest.mark.xfail(strict=True, reason="operator/cli.py's parser prints argparse's usage and 'saeops operator: "
-                                      "error:' (two lines), not the house's one `error:` line; see issue #19's report")
 def test_a_bad_option_is_one_error_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["operator", "--namespcae", "x"])

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from saeops.api import EXIT_BAD_INPUT
+from saeops.api.load import CommandParser
 from saeops.api.uris import URIError
 from saeops.operator.policy import ANY_POD, ClusterPolicy
 
@@ -27,7 +28,7 @@ def _peer(text: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="saeops operator", description="Run the saeops Kubernetes operator.")
+    p = CommandParser(prog="saeops operator", description="Run the saeops Kubernetes operator.")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")

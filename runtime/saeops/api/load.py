@@ -6,12 +6,13 @@ keys); every failure is a `SpecError` whose message is one line naming the file 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +37,15 @@ def one_line(msg: str, limit: int = MAX_MESSAGE) -> str:
     """`msg` as one printable line of bounded length (input can put newlines in field names)."""
     flat = _CONTROL.sub(lambda m: repr(m.group())[1:-1], msg)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for every `saeops` command: bad arguments are one `error:` line naming the
+    command and the option, exit 2 (argparse's own error prints the usage too). Subcommand
+    parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {one_line(message)} (see --help)\n")
 
 
 def read_document(path: str | Path) -> dict[str, Any]:

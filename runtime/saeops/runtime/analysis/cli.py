@@ -15,10 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from saeops.api import EXIT_BAD_INPUT, SAETrainingRun
-from saeops.api.load import one_line
+from saeops.api.load import CommandParser, one_line
 from saeops.runtime.analysis.analyze import AnalysisError, AnalysisResult, analyze
 from saeops.runtime.analysis.artifact import save_analysis
 from saeops.runtime.analysis.report import render_report
@@ -83,13 +83,6 @@ def analyze_run(output_uri: str, tokens: int = 65536, top_n: int = 16, max_featu
     return uri
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one `error:` line naming the option, exit 2 (argparse prints the usage too)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {one_line(message)} (see --help)\n")
-
-
 def _positive(value: str) -> int:
     """An integer >= 1 (argparse names the option in the error)."""
     try:
@@ -103,7 +96,7 @@ def _positive(value: str) -> int:
 
 def main_analyze(argv: list[str] | None = None) -> int:
     """Entry point of `saeops analyze`. Exit 0 on success, 2 on bad input."""
-    p = _Parser(prog="saeops analyze", description=(__doc__ or "").splitlines()[0])
+    p = CommandParser(prog="saeops analyze", description=(__doc__ or "").splitlines()[0])
     p.add_argument("run", help="run output location (directory, file:// or s3:// URI)")
     p.add_argument("--tokens", type=_positive, default=65536,
                    help="analyse exactly this many tokens of the run's dataset (special tokens not counted; "

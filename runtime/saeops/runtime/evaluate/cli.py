@@ -8,7 +8,6 @@ dataset). Results are printed as JSON and, unless `--no-write`, stored in the ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from saeops.api import SAETrainingRun
+from saeops.api.load import CommandParser
 from saeops.runtime.data import load_text_dataset, pack_windows
 from saeops.runtime.evaluate.splice import EvalError, evaluate_splice
 from saeops.runtime.lm import load_language_model
@@ -69,7 +69,7 @@ def evaluate_run(location: str, *, tokens: int, batch_size: int = 8, device: str
 
 def main_eval(argv: list[str] | None = None) -> int:
     """Entry point of `saeops eval`. Exit 0 on success, 2 on bad input."""
-    p = argparse.ArgumentParser(prog="saeops eval", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="saeops eval", description=__doc__.splitlines()[0])
     p.add_argument("run", help="run output location (directory, file:// or s3:// URI)")
     p.add_argument("--tokens", type=int, default=16384, help="tokens to evaluate (default 16384)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")

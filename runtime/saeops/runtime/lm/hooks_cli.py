@@ -4,7 +4,6 @@ Lorsa would read and write."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ import torch
 
 from saeops.api import SpecError
 from saeops.api.common import ModelSpec
+from saeops.api.load import CommandParser
 from saeops.runtime.lm.checks import hf_backend_modules
 
 BACKENDS = ("transformer-lens", "huggingface")
@@ -173,7 +173,7 @@ def format_text(d: dict[str, Any], show_all: bool) -> str:
 
 def main_hooks(argv: Sequence[str]) -> int:
     """Entry point of `saeops hooks` (parses its own arguments)."""
-    p = argparse.ArgumentParser(prog="saeops hooks", description=__doc__)
+    p = CommandParser(prog="saeops hooks", description=__doc__)
     p.add_argument("model", help="a manifest (its spec.model) or a model: package:NAME, hf://ORG/NAME, "
                                  "ORG/NAME, s3://bucket/prefix or a local directory")
     p.add_argument("--backend", choices=BACKENDS, help="default: the manifest's, else transformer-lens")
