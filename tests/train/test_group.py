@@ -159,3 +159,23 @@ def test_per_hook_point_spec_rules() -> None:
                         ({"per_hook_point": ["a"], "type": "transcoder"}, "type: sae")]:
         with pytest.raises(ValidationError, match=needle):
             DictionarySpec(**bad)
+
+
+def test_a_per_hook_point_run_reports_the_mean_and_each_dictionary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a pod, the run's one termination message: `final` (what its status shows) is the mean
+    over its dictionaries, and `members` has each one's metrics."""
+    from saeops.runtime.launch import TERMINATION_LOG_ENV, run_resource
+
+    doc = tiny_run_doc(tmp_path)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    doc["spec"]["sae"].pop("hookPointIn")
+    doc["spec"]["sae"]["perHookPoint"] = hooks
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv(TERMINATION_LOG_ENV, str(log))
+    assert run_resource(run_of(doc), progress=False) == 0
+    message = json.loads(log.read_text())
+    assert set(message["members"]) == set(hooks)
+    finals = [message["members"][h]["final"] for h in hooks]
+    for key in ("l0", "explained_variance", "dead_fraction"):
+        assert message["final"][key] == pytest.approx(sum(f[key] for f in finals) / 2, rel=1e-5)

@@ -165,7 +165,16 @@ def run_group(runs: list[SAETrainingRun], *, progress: bool = True, metrics_port
             if _global_rank0():
                 print(f"{key}: FAILED {m.error}", file=sys.stdout)
     if _global_rank0():
-        write_termination_message(group_message(entries))
+        message = group_message(entries)
+        finals = [e["final"] for e in entries.values() if "final" in e]
+        if label is not None and finals:
+            # One run's dictionaries (perHookPoint): its status shows their mean; each is in members.
+            mean = {k: _round(sum(f[k] for f in finals) / len(finals)) for k in finals[0]}
+            message = {"final": mean, **message}
+            if len(json.dumps(message, separators=(",", ":")).encode()) > MAX_TERMINATION_MESSAGE:
+                # Many layers: the mean and the failed ones fit; each has its metrics.json.
+                message = {"final": mean, "failed": [k for k, e in entries.items() if "error" in e][:16]}
+        write_termination_message(message)
     return 0
 
 
