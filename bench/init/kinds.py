@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import statistics
 import sys
@@ -230,12 +229,7 @@ def main() -> None:
     data = load_file(str(DATA))
     for kind in args.kinds.split(","):
         for variant in args.variants.split(","):
-            line = json.dumps(run(kind, variant, data, lm, args.repeat))
-            print(line, flush=True)
-            if args.out is not None:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                with args.out.open("a") as f:
-                    f.write(line + "\n")
+            common.emit(run(kind, variant, data, lm, args.repeat), args.out)
 
 
 if __name__ == "__main__":

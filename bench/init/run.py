@@ -191,13 +191,7 @@ def main() -> None:
     if not cases:
         cases = [("none", {"init": {}}), ("quickstart", {"init": QUICKSTART})]
     for name, case in cases:
-        row = run_case(data, name, case, args.repeat, args.lr, args.k, train=not args.no_train)
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a") as f:
-                f.write(line + "\n")
+        common.emit(run_case(data, name, case, args.repeat, args.lr, args.k, train=not args.no_train), args.out)
 
 
 if __name__ == "__main__":

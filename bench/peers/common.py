@@ -142,13 +142,18 @@ def report(
         **{k: round(v, 5) for k, v in metrics.items()},
         **extra,
     }
+    emit(row, args.out)
+    return row
+
+
+def emit(row: dict[str, Any], out: Path | None) -> None:
+    """Print one result row as a JSON line, and append it to `out` when given."""
     line = json.dumps(row)
     print(line, flush=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
             f.write(line + "\n")
-    return row
 
 
 def quiet() -> None:
