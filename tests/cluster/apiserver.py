@@ -16,7 +16,6 @@ import datetime
 import itertools
 import json
 import os
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -29,24 +28,12 @@ import aiohttp.web
 import kmock
 import yaml
 
+# The resources served, and free ports, as in the operator's process tests.
+from tests.operator.emulator import CLUSTER_SCOPED, RES, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
 GROUP_VERSION = "saeops.io/v1alpha1"
-RESOURCES = {
-    f"{GROUP_VERSION}/saetrainingruns": ("SAETrainingRun", {"status"}),
-    f"{GROUP_VERSION}/activationcaches": ("ActivationCache", {"status"}),
-    f"{GROUP_VERSION}/saesweeps": ("SAESweep", {"status"}),
-    "batch/v1/jobs": ("Job", {"status"}),
-    "v1/pods": ("Pod", {"status"}),
-    "v1/configmaps": ("ConfigMap", set()),
-    "v1/services": ("Service", set()),
-    "v1/secrets": ("Secret", set()),
-    "v1/events": ("Event", set()),
-    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", set()),
-    "v1/namespaces": ("Namespace", set()),
-    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", set()),
-}
-CLUSTER_SCOPED = {"v1/namespaces", "apiextensions.k8s.io/v1/customresourcedefinitions"}
 _versions = itertools.count(1)
 
 
@@ -109,12 +96,6 @@ class Emulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class ApiServer:
     emu: Emulator
@@ -146,7 +127,7 @@ def _key(r: Any) -> str:
 @asynccontextmanager
 async def api_server(tmp: Path) -> AsyncIterator[ApiServer]:
     async with Emulator() as emu, kmock.Server(emu) as server:
-        for key, (kind, subs) in RESOURCES.items():
+        for key, (kind, subs) in RES.items():
             emu.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=key not in CLUSTER_SCOPED, subresources=subs,
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"})
