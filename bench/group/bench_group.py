@@ -1,15 +1,19 @@
 """Training groups: wall time of N dictionaries from one activation stream vs one run each.
 
-Two cases, each against its baselines in the same process run:
+Three cases, each against its baselines in the same bench run:
 
 - `sweep`: examples/sweep.yaml's first `--trials` trials (k x lr, MiniLM L3, `--tokens`
   each, as issue 20 states it): one trial alone, the trials one after another (grouping off,
   today's behaviour) and grouped (one forward per batch for all). Also checks that every
   trial's final metrics are equal grouped and alone (the wall-clock fields aside).
+- `command`: the same slice as a user runs it, whole `saeops run examples/sweep.yaml` commands
+  (start-up, model load, training, artifacts, sweep.json and the Pareto plot): one trial, the
+  trials grouped and the trials one by one, `--repeat` times in turn (the fastest of each is
+  the figure: the others' load only ever adds).
 - `layers`: one SAE per layer of MiniLM (`sae.perHookPoint`, 6 hook points) vs six runs,
   one per layer.
 
-    .venv/bin/python bench/group/bench_group.py [--case sweep|layers|both] [--tokens 100000] [--trials 4]
+    .venv/bin/python bench/group/bench_group.py [--case sweep|command|layers|all] [--tokens 100000] [--trials 4]
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import copy
 import json
 import logging
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +98,36 @@ def bench_sweep(tmp: Path, tokens: int, trials: int) -> list[str]:
     ]
 
 
+def bench_command(tmp: Path, tokens: int, trials: int, repeat: int) -> list[str]:
+    """`saeops run examples/sweep.yaml` as the issue states the slice, in fresh processes."""
+    saeops = Path(sys.executable).with_name("saeops")
+    cases = {"one trial": (1, True), f"{trials} trials grouped": (trials, True),
+             f"{trials} trials one by one": (trials, False)}
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(repeat):
+        for name, (n, grouping) in cases.items():
+            out = tmp / f"{r}-{n}-{grouping}"
+            cmd = [str(saeops), "run", str(REPO / "examples" / "sweep.yaml"), "--no-progress", "--output", str(out),
+                   "--set", f"spec.maxTrials={n}", "--set", f"spec.grouping.enabled={str(grouping).lower()}",
+                   "--set", f"spec.trialTemplate.trainer.totalTrainingTokens={tokens}"]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall[name].append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    one = min(wall["one trial"])
+    lines = [f"whole commands: saeops run examples/sweep.yaml --set spec.maxTrials=N, {tokens:,} tokens per trial",
+             f"  (fastest of {repeat}; every run's wall seconds, and the fastest one's CPU seconds, in brackets)"]
+    for name in cases:
+        best = min(wall[name])
+        runs = ", ".join(f"{w:.1f}" for w in wall[name])
+        lines.append(f"  {name:<22} {best:7.1f} s   {best / one:.2f}x of one trial   "
+                     f"[{runs}; CPU {cpu[name][wall[name].index(best)]:.1f}]")
+    return lines
+
+
 def bench_layers(tmp: Path, tokens: int) -> list[str]:
     doc = sweep_doc(tmp, tokens, 1, False)["spec"]["trialTemplate"]
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(6)]
@@ -128,10 +165,11 @@ def bench_layers(tmp: Path, tokens: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", choices=["sweep", "layers", "both"], default="both")
+    ap.add_argument("--case", choices=["sweep", "command", "layers", "all"], default="all")
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each whole command (case command)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -142,9 +180,11 @@ def main() -> None:
         assert isinstance(warm, SAESweep)
         run_sweep(warm, progress=False)
         lines: list[str] = []
-        if args.case in ("sweep", "both"):
+        if args.case in ("sweep", "all"):
             lines += bench_sweep(Path(tmp) / "sweep", args.tokens, args.trials)
-        if args.case in ("layers", "both"):
+        if args.case in ("command", "all"):
+            lines += bench_command(Path(tmp) / "command", args.tokens, args.trials, args.repeat)
+        if args.case in ("layers", "all"):
             lines += bench_layers(Path(tmp) / "layers", args.tokens)
     print("\n".join(lines))
 

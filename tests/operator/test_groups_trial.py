@@ -176,3 +176,15 @@ def test_a_group_pods_event_reconciles_the_sweep_and_every_member():
     body = kopf.Body(pod)  # kopf hands labels and annotations as read-only mapping views
     asyncio.run(handler.fn(labels=body.metadata.labels, annotations=body.metadata.annotations, namespace="default"))
     assert seen == [("SAESweep", "default", "sw")] + [("SAETrainingRun", "default", f"sw-{i}") for i in range(4)]
+
+
+def test_a_grouped_trial_counts_the_group_jobs_failed_pods_as_its_restarts():
+    obs = grouped_sweep()
+    job = _job(obs, active=1, failed=2)  # the Job controller has replaced two failed pods
+    st = reconcile(trial_view(obs, "sw-1", job, (group_pod(job),)), T0).status
+    assert st["phase"] == "Running" and st["restarts"] == 2
+    fresh = _job(obs, active=1)  # a recreated Job starts its count again; the trial's stays
+    view = trial_view(obs, "sw-1", fresh, (group_pod(fresh),))
+    view.resource["status"] = copy.deepcopy(st)
+    d = reconcile(view, later(60))
+    assert d.status is None  # nothing to patch: restarts stays 2 (a status with 0 would be a patch)

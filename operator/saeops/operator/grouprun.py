@@ -7,6 +7,10 @@ checkpoint come from the group's Job (the sweep owns it), its pods' series label
 - the Job failed past its backoff: the trial Failed with the pod's message, unless it had
   already finished (its entry holds final metrics);
 - not (yet) a member of the Job there is: Pending, waiting for the sweep to (re)create it.
+
+`status.restarts` of a grouped trial counts the group Job's failed pods: the Job controller
+retries them itself (every member resumes from its checkpoint), up to the backoffLimit that
+`failurePolicy.maxRestarts` sets.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def follow(r: RunPass, model: SAETrainingRun) -> None:
     r.conds.set(GROUPED, "True", "InGroup", f"trained with group {group} ({size} trials) by Job {job_name}")
     r.st["jobName"] = job_name
     r.st.setdefault("startTime", rfc3339(r.now))
+    r.st["restarts"] = max(r.st["restarts"], jobs.failed_pods(job))  # never back down (a recreated Job)
     failed = jobs.job_failed(job)
     if not jobs.job_succeeded(job) and failed is None:
         lifecycle.job_active(r, model, job)

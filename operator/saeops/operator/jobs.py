@@ -27,6 +27,13 @@ def job_failed(job: Obj) -> Obj | None:
     return _true_conditions(job).get("Failed")
 
 
+def failed_pods(job: Obj) -> int:
+    """Pods of the Job that failed and counted against its backoffLimit (the Job controller's
+    `status.failed`; pods the podFailurePolicy ignores, preempted ones, are not in it)."""
+    failed = (job.get("status") or {}).get("failed") or 0
+    return failed if isinstance(failed, int) and failed > 0 else 0
+
+
 def job_suspended(job: Obj) -> bool:
     """A Job held back (by Kueue or by the operator's queue label)."""
     return bool((job.get("spec") or {}).get("suspend"))
