@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup-runtime
 echo "training examples/quickstart.yaml: 400k tokens through all-MiniLM-L6-v2 and a 6,144-latent SAE" \
-     "(about 3 min on 2 CPU cores: the model's forward passes, then 98 steps)"
+     "(about 2 min on 2 CPU cores: the model's forward passes and 97 steps)"
 exec .venv/bin/saeops run examples/quickstart.yaml "$@"

@@ -1,3 +1,5 @@
+from itertools import islice
+
 import pytest
 import torch
 
@@ -133,3 +135,35 @@ def test_minilm_windows_cls_sep(ds_spec):
     assert not wb.mask[:, 0].any() and not wb.mask[:, -1].any()
     batch = next(iter(s))
     assert batch["blocks.0.hook_resid_post"].shape == (8, 384)
+
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_total_batches_ends_the_stream_and_reads_no_further(tiny, ds_spec, shuffle, monkeypatch):
+    read: list[int] = []  # positions of each model forward
+    forward = tiny.activations
+
+    def counted(tokens, hooks):
+        read.append(tokens.numel())
+        return forward(tokens, hooks)
+
+    monkeypatch.setattr(tiny, "activations", counted)
+    args = dict(shuffle=shuffle, repeat=True, buffer_size=256)  # 16 batches of 16 rows
+    free = list(islice(stream(tiny, ds_spec, **args), 5))
+    read_free, read[:] = sum(read), []
+    bounded = list(islice(stream(tiny, ds_spec, total_batches=5, **args), 6))
+    assert len(bounded) == 5  # it ends by itself, although the dataset repeats
+    # At most one model batch (4 windows of 32) past the 80 rows wanted, the specials included;
+    # without the bound a shuffled stream fills its whole buffer (256 rows) first.
+    assert sum(read) <= 80 + 4 * 32 + 32
+    if shuffle:
+        assert read_free >= 256 > sum(read)
+    # Resuming with the same total gives the same batches.
+    resumed = list(islice(stream(tiny, ds_spec, total_batches=5, skip_batches=3, **args), 6))
+    assert [b["tokens"].tolist() for b in resumed] == [b["tokens"].tolist() for b in bounded[3:]]
+    # Until its last round, a bounded stream is the unbounded one (a long run's order is kept).
+    long = list(islice(stream(tiny, ds_spec, total_batches=40, **args), 41))
+    assert len(long) == 40
+    assert [b["tokens"].tolist() for b in long[:8]] == [b["tokens"].tolist() for b in islice(stream(tiny, ds_spec, **args), 8)]
+    if not shuffle:
+        assert [b["tokens"].tolist() for b in bounded] == [b["tokens"].tolist() for b in free]

@@ -29,6 +29,11 @@ class ActivationStream:
     mixing buffer of SAELens / lm_saes), so consecutive rows come from different contexts.
     Without it, rows come out in generation order. A final remainder smaller than
     `batch_size` is dropped; with `repeat` the dataset is read again and again instead of ending.
+
+    `total_batches` (counted from batch 0, skipped ones included): the consumer takes no more,
+    so the stream ends there, and the shuffle buffer never reads ahead past the rows still to
+    emit (a 100k-token run would otherwise put a third more tokens through the model, rows left
+    in the buffer when training stops). The same `total_batches` gives the same batches.
     """
 
     def __init__(
@@ -48,11 +53,12 @@ class ActivationStream:
         model_batch_size: int | None = None,
         repeat: bool = False,
         documents: Any = None,
+        total_batches: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        if batch_size < 1 or skip_batches < 0:
-            raise ValueError("batch_size must be >= 1 and skip_batches >= 0")
+        if batch_size < 1 or skip_batches < 0 or (total_batches is not None and total_batches < 0):
+            raise ValueError("batch_size must be >= 1, skip_batches and total_batches >= 0")
         model.check_hook_points(hook_points)
         if model.max_context is not None and dataset.context_size > model.max_context:
             raise DatasetError(
@@ -69,6 +75,7 @@ class ActivationStream:
         self.rank = rank
         self.world_size = world_size
         self.skip_batches = skip_batches
+        self.total_batches = total_batches
         self.model_batch_size = model_batch_size or model.spec.batch_size
         self.repeat = repeat
         if dataset.token_field:
@@ -154,8 +161,11 @@ class ActivationStream:
         if self.shuffle:
             # Resuming a shuffled stream replays it: the buffer's content at the resume point
             # depends on every earlier forward. Correct by construction; costs the skipped work.
-            return islice(self._shuffled(self.row_chunks()), self.skip_batches, None)
-        return self._ordered(self.row_chunks(skip_rows=self.skip_batches * self.batch_size))
+            return islice(self._shuffled(self.row_chunks()), self.skip_batches, self.total_batches)
+        ordered = self._ordered(self.row_chunks(skip_rows=self.skip_batches * self.batch_size))
+        if self.total_batches is None:
+            return ordered
+        return islice(ordered, max(self.total_batches - self.skip_batches, 0))
 
     def _ordered(self, chunks: Iterator[Batch]) -> Iterator[Batch]:
         carry: Batch | None = None
@@ -171,10 +181,16 @@ class ActivationStream:
         gen = torch.Generator().manual_seed(self.seed)
         store: Batch | None = None
         exhausted = False
+        emitted = 0
         while True:
+            # Rows still to emit: the buffer fills to that at most, and emits them all at once.
+            wanted = None if self.total_batches is None else (self.total_batches - emitted) * self.batch_size
+            if wanted is not None and wanted <= 0:
+                return
+            fill = self.buffer_size if wanted is None else min(self.buffer_size, wanted)
             parts = [] if store is None else [store]
             n = 0 if store is None else len(store["tokens"])
-            while n < self.buffer_size and not exhausted:
+            while n < fill and not exhausted:
                 chunk = next(chunks, None)
                 if chunk is None:
                     exhausted = True
@@ -188,10 +204,13 @@ class ActivationStream:
             store = {k: v[perm] for k, v in store.items()}
             # Emit half the buffer (all of it at the end) so every row waits a random number of
             # rounds and mixes with later contexts; at least one batch so small buffers progress.
-            take = n if exhausted else n // 2
+            take = n if exhausted or (wanted is not None and n >= wanted) else n // 2
             take = max(take - take % self.batch_size, self.batch_size)
+            if wanted is not None:
+                take = min(take, wanted)
             for i in range(0, take, self.batch_size):
                 yield {k: v[i:i + self.batch_size] for k, v in store.items()}
+                emitted += 1
             store = {k: v[take:] for k, v in store.items()}
 
 

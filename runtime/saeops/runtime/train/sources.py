@@ -62,14 +62,14 @@ class LiveSource:
         return {h: self.lm.d_model(h) for h in self.hooks}
 
     def _stream(self, seed: int, batch_size: int, skip_batches: int = 0, *, whole: bool = False,
-                buffer_size: int | None = None) -> ActivationStream:
+                buffer_size: int | None = None, total_batches: int | None = None) -> ActivationStream:
         acts = self.spec.activations
         return ActivationStream(
             self.lm, self.spec.dataset, self.hooks, batch_size=batch_size,
             buffer_size=buffer_size or acts.buffer_size,
             seed=seed, filter_special_tokens=acts.filter_special_tokens, shuffle=acts.shuffle,
             rank=0 if whole else self.rank, world_size=1 if whole else self.world_size,
-            skip_batches=skip_batches, repeat=True,
+            skip_batches=skip_batches, repeat=True, total_batches=total_batches,
             documents=self.documents,
         )
 
@@ -102,13 +102,15 @@ class LiveSource:
         # A buffer as large as the sample: init needs no more mixing than one pass gives, and a
         # training-size buffer would run the model over far more tokens than the sample holds.
         n = min(n_tokens, 4096)
-        return sample_activations(self._stream(seed, n, whole=True, buffer_size=n_tokens), n_tokens)
+        stream = self._stream(seed, n, whole=True, buffer_size=n_tokens, total_batches=-(-n_tokens // n))
+        return sample_activations(stream, n_tokens)
 
     def stream(self, seed: int, skip_batches: int = 0) -> Iterator[Batch]:
         local = self.spec.trainer.batch_size // self.world_size
         if self.sequences:
             return self._windows(seed, max(1, local // self.spec.dataset.context_size), skip_batches, whole=False)
-        return iter(self._stream(seed, local, skip_batches))
+        # The run takes total_steps batches: the shuffle buffer reads no further ahead.
+        return iter(self._stream(seed, local, skip_batches, total_batches=self.spec.trainer.total_steps))
 
 
 class CacheSource:
