@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from safetensors.torch import load_file
 from saeops.api import SAETrainingRun, parse_resource
 from saeops.api.groups import expand_run, stream_key
 from saeops.runtime.data.stream import ActivationStream
+from saeops.runtime.storage import StorageError
 from saeops.runtime.train.group import GroupFailed, GroupJob
 from saeops.runtime.train.job import TrainingJob
+from saeops.runtime.train.member import Member
 from tests.runtime.conftest import tiny_run_doc
 
 # Wall-clock fields differ between any two runs; everything else must be equal.
@@ -118,6 +121,53 @@ def test_a_diverging_member_fails_alone_and_the_others_finish(tmp_path: Path) ->
         GroupJob([run_of(member_doc(base, "bad2", tmp_path / "bad2", {"dtype": "float16"}, lr=10.0))],
                  progress=False, alone_raises=False).run_group()
     assert info.value.members[0].error.startswith("error: Diverged")
+
+
+def test_a_group_writes_its_members_checkpoints_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every save waits at a barrier for the other two: written one after another, the first would
+    # wait alone until the timeout and its member fail.
+    barrier = threading.Barrier(3, timeout=60)
+    writers: list[str] = []
+    original = Member.save_checkpoint
+
+    def side_by_side(self: Member) -> None:
+        writers.append(threading.current_thread().name)
+        barrier.wait()
+        original(self)
+
+    monkeypatch.setattr(Member, "save_checkpoint", side_by_side)
+    base = tiny_run_doc(tmp_path)
+    runs = [run_of(member_doc(base, f"c{i}", tmp_path / f"c{i}", {"topK": 2 + i}, checkpointInterval=3))
+            for i in range(3)]
+    members = GroupJob(runs, progress=False).run_group()
+    assert all(m.error is None for m in members.values()), {k: m.error for k, m in members.items()}
+    # Steps 3 and 6 by the interval, 8 at the end: three rounds of three writes, off this thread.
+    assert len(writers) == 9 and all(w.startswith("checkpoint") for w in writers)
+    for m in members.values():
+        assert m.checkpoint_step == 8
+        assert json.loads((tmp_path / m.name / "checkpoints" / "latest.json").read_text())["step"] == 8
+    monkeypatch.setattr(Member, "save_checkpoint", original)
+    alone = tmp_path / "alone"
+    TrainingJob(run_of(member_doc(base, "c1", alone, {"topK": 3}, checkpointInterval=3)), progress=False).run_job()
+    assert_same(tmp_path / "c1", alone)
+
+
+def test_a_failed_checkpoint_write_fails_its_member_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Member.save_checkpoint
+
+    def flaky(self: Member) -> None:
+        if self.name == "w1":
+            raise StorageError("output location s3://bucket/w1 is not writable: AccessDenied")
+        original(self)
+
+    monkeypatch.setattr(Member, "save_checkpoint", flaky)
+    base = tiny_run_doc(tmp_path)
+    runs = [run_of(member_doc(base, f"w{i}", tmp_path / f"w{i}", checkpointInterval=4)) for i in range(3)]
+    members = GroupJob(runs, progress=False).run_group()
+    assert members["w1"].error is not None and "AccessDenied" in members["w1"].error
+    assert not (tmp_path / "w1" / "metrics.json").exists()
+    for name in ("w0", "w2"):
+        assert members[name].error is None and (tmp_path / name / "metrics.json").exists()
 
 
 def test_one_sae_per_hook_point_is_one_run_with_one_forward_per_batch(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -31,6 +32,9 @@ from saeops.runtime.train.trainer import Diverged
 from saeops.runtime.train.wandb_logger import import_wandb
 
 log = logging.getLogger("saeops.run")
+
+PARALLEL_WRITES = 8
+"""Checkpoints of one group written at once (a group holds up to `grouping.maxTrials` members)."""
 
 
 class SharedSamples:
@@ -165,6 +169,10 @@ class GroupJob:
             self._loop(src, start, stop)
         for m in self.members:
             if m.error is None:
+                self._isolated(m, m.end)
+        self._checkpoint([m for m in self.members if m.error is None and m.unsaved])
+        for m in self.members:
+            if m.error is None:
                 self._isolated(m, m.finish)
         ctx.barrier()
         if self.metrics is not None:
@@ -222,15 +230,29 @@ class GroupJob:
                                      ev=f"{shown[0].values['explained_variance']:.3f}")
         maybe_fail("step", index)
         stopping = self.ctx.any(stop.is_set)
-        for m in self.members:
-            # On a stop every member still training or not yet finished saves where it is.
-            if m.error is None and ((m in stepped and m.due(False)) or stopping):
-                self._isolated(m, m.checkpoint)
+        # On a stop every member still training or not yet finished saves where it is.
+        self._checkpoint([m for m in self.members
+                          if m.error is None and ((m in stepped and m.due(False)) or stopping)])
         if stopping:
             for m in self.members:
                 if m.error is None:
                     m.mark_preempted()
             raise Preempted(index)
+
+    def _checkpoint(self, due: list[Member]) -> None:
+        """Checkpoint the `due` members. In one process their writes run side by side: each is
+        mostly storage I/O (an S3 upload of weights and Adam moments, an fsync), so a group's
+        checkpoint costs about its largest member's, not the sum. A distributed group writes
+        them in turn: a save is a collective every rank must enter in the same order."""
+        if len(due) < 2 or self.ctx.distributed:
+            for m in due:
+                self._isolated(m, m.checkpoint)
+            return
+        with ThreadPoolExecutor(max_workers=min(len(due), PARALLEL_WRITES), thread_name_prefix="checkpoint") as pool:
+            writes = [(m, pool.submit(m.save_checkpoint)) for m in due]
+        for m, write in writes:
+            # The metrics and W&B updates stay on this thread; a failed write fails its member alone.
+            self._isolated(m, lambda write=write, m=m: (write.result(), m.saved()))
 
     def _linger(self, stop: StopFlag) -> None:
         """Serve the final metrics a while longer (`spec.metrics.lingerSeconds`), until SIGTERM."""

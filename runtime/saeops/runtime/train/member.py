@@ -53,6 +53,8 @@ class Member:
         self.checkpoint_step: int | None = None
         self.error: str | None = None
         self.values: dict[str, float] = {}
+        self.final: dict[str, float] = {}
+        """The final metrics, set by `end`."""
         self.result: RunResult | None = None
         self.storage: Storage = None  # type: ignore[assignment]  # set by open()
         self.trainer: Trainer = None  # type: ignore[assignment]  # set by build()
@@ -165,7 +167,15 @@ class Member:
 
     def checkpoint(self) -> None:
         """Save a checkpoint (every rank takes part) and show its step on the metrics endpoint."""
+        self.save_checkpoint()
+        self.saved()
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of this step (the part a group may run beside other members')."""
         self.checkpointer.save(self.trainer.model, self.trainer)
+
+    def saved(self) -> None:
+        """After `save_checkpoint`: its step on the metrics endpoint and in W&B."""
         self.checkpoint_step = step = self.step
         if self.metrics is not None:
             self.metrics.update(self.hooks[1], {"checkpoint_step": step})
@@ -197,16 +207,25 @@ class Member:
 
     # ---------------------------------------------------------------- after training
 
-    def finish(self) -> None:
-        """The final checkpoint, metrics.json and artifacts (rank 0 writes), evaluation and
-        analysis when asked for."""
-        trainer, ctx = self.trainer, self.ctx
+    def end(self) -> None:
+        """Training is over: the final metrics (the last window's when the stream ended early).
+        The final checkpoint comes next (`unsaved`), then `finish`."""
+        trainer = self.trainer
         final = trainer.end(self.values)
         if not final and trainer.state.history:  # restarted after the last step: nothing left to train
             final = trainer.state.history[-1]
-        if trainer.state.step % (self.spec.trainer.checkpoint_interval or trainer.state.step + 1):
-            self.checkpoint()  # the final state, unless the interval just wrote it
-        final = {**final, "tokens": float(trainer.state.tokens), "seconds": trainer.state.seconds}
+        self.final = {**final, "tokens": float(trainer.state.tokens), "seconds": trainer.state.seconds}
+
+    @property
+    def unsaved(self) -> bool:
+        """The final state is in no checkpoint yet (the interval did not just write it)."""
+        step = self.trainer.state.step
+        return bool(step % (self.spec.trainer.checkpoint_interval or step + 1))
+
+    def finish(self) -> None:
+        """After `end` and the final checkpoint: metrics.json and artifacts (rank 0 writes),
+        evaluation and analysis when asked for."""
+        trainer, ctx, final = self.trainer, self.ctx, self.final
         metrics = {"final": final, "history": trainer.state.history}
         full = trainer.model.to_full()  # a collective when sharded
         artifacts: dict[str, str] = {}
