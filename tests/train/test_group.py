@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saeops.api import SAETrainingRun, parse_resource
+from saeops.api import SAETrainingRun, SpecError, parse_resource
 from saeops.api.groups import expand_run, stream_key
 from saeops.runtime.data.stream import ActivationStream
 from saeops.runtime.storage import StorageError
@@ -168,6 +168,27 @@ def test_a_failed_checkpoint_write_fails_its_member_alone(tmp_path: Path, monkey
     assert not (tmp_path / "w1" / "metrics.json").exists()
     for name in ("w0", "w2"):
         assert members[name].error is None and (tmp_path / name / "metrics.json").exists()
+
+
+def test_a_member_whose_own_spec_is_wrong_fails_alone_before_training(tmp_path: Path) -> None:
+    # d_model 32 x expansion 1 = 32 latents: k 40 cannot be chosen, which only the model's width
+    # tells (the spec alone cannot); a sweep over k x expansion meets it.
+    base = tiny_run_doc(tmp_path)
+    good = run_of(member_doc(base, "fits", tmp_path / "fits"))
+    wide = run_of(member_doc(base, "too-wide", tmp_path / "too-wide", {"topK": 40, "expansionFactor": 1}))
+    members = GroupJob([good, wide], progress=False, alone_raises=False).run_group()
+    assert members["too-wide"].error == "error: spec.sae.topK=40 exceeds dSae=32"
+    assert members["fits"].error is None and (tmp_path / "fits" / "metrics.json").exists()
+    assert not (tmp_path / "too-wide" / "checkpoints").exists()
+    # Alone, the run fails as a single run always did (its SpecError: exit 2, one line).
+    with pytest.raises(SpecError, match="topK=40 exceeds dSae=32"):
+        GroupJob([wide], progress=False).run_group()
+    # Every member wrong: the group fails, each with its own error, before any training.
+    with pytest.raises(GroupFailed) as info:
+        GroupJob([wide, run_of(member_doc(base, "also", tmp_path / "also", {"topK": 33, "expansionFactor": 1}))],
+                 progress=False, alone_raises=False).run_group()
+    assert [m.error for m in info.value.members] == ["error: spec.sae.topK=40 exceeds dSae=32",
+                                                     "error: spec.sae.topK=33 exceeds dSae=32"]
 
 
 def test_one_sae_per_hook_point_is_one_run_with_one_forward_per_batch(

@@ -24,6 +24,7 @@ from saeops.api import SAETrainingRun
 from saeops.runtime.distributed.context import DistContext, init_distributed
 from saeops.runtime.distributed.faults import maybe_fail
 from saeops.runtime.distributed.preemption import Preempted, StopFlag
+from saeops.runtime.errors import bad_input_types
 from saeops.runtime.runner import pick_device
 from saeops.runtime.telemetry import RunMetrics
 from saeops.runtime.train.member import Member
@@ -152,15 +153,14 @@ class GroupJob:
         if len({m.name for m in self.members}) < len(self.members):
             for m in self.members:  # one run's dictionaries (one per hook point) share its name
                 m.key = m.hooks[1]
-        for m in self.members:
-            m.open()
+        # A member whose own output or spec is wrong (another run's checkpoints there, a k above
+        # its width) fails alone before training; the stream's input failing fails them all.
+        self._each(Member.open)
         device = ctx.device if ctx.distributed else pick_device(self.spec.model.device)
         src = SharedSamples(self._source(device))
         dims = src.dims()
-        for m in self.members:
-            m.check_source(src, dims)
-        for m in self.members:
-            m.build(src, dims, device)
+        self._each(Member.check_source, src, dims)
+        self._each(Member.build, src, dims, device)
         src.release()
         if ctx.is_main:
             self._serve_metrics()
@@ -190,7 +190,8 @@ class GroupJob:
                             initial=start * spec.trainer.batch_size, unit="tok", unit_scale=True,
                             desc=self.label, dynamic_ncols=True)
         for m in self.members:
-            m.trainer.begin()
+            if m.error is None:
+                m.trainer.begin()
         index = start
         for batch in src.stream(seed=spec.trainer.seed, skip_batches=start):
             self.forwards += 1
@@ -201,6 +202,15 @@ class GroupJob:
             self._after_step(index, stepped, stop)
             if not any(m.active for m in self.members):
                 break  # not one batch more: a live stream would run the model for it
+
+    def _each(self, fn: Any, *args: Any) -> None:
+        """`fn(member, *args)` for every member not failed yet, each failure its own; raises
+        `GroupFailed` when none is left."""
+        for m in self.members:
+            if m.error is None:
+                self._isolated(m, fn, m, *args)
+        if all(m.error is not None for m in self.members):
+            raise GroupFailed(self.members)
 
     def _isolated(self, m: Member, fn: Any, *args: Any) -> None:
         """Run one member's work; its failure is its own. In a distributed run only a failure
@@ -214,7 +224,7 @@ class GroupJob:
             # A run alone fails as it always did, with its own exception.
             if (self.alone_raises and len(self.members) == 1) or (self.ctx.distributed and not isinstance(e, Diverged)):
                 raise
-            if not isinstance(e, Diverged):
+            if not isinstance(e, (Diverged, *bad_input_types())):  # those say it all in one line
                 log.exception("%s failed", m.name)
             m.fail(e)
 

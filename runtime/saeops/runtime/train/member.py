@@ -161,7 +161,8 @@ class Member:
         from saeops.runtime.errors import error_line
 
         self.error = error_line(e)
-        log.error("%s failed at step %d: %s", self.name, self.step, self.error)
+        when = "before training" if self.trainer is None else f"at step {self.step}"
+        log.error("%s failed %s: %s", self.name, when, self.error)
         if self.wandb is not None:
             self.wandb.abort(preempted=False)
 
