@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -170,21 +171,11 @@ def test_metrics_of_a_group_carry_each_member_s_run_label() -> None:
 
 
 def test_minilm_one_sae_per_layer_reads_all_six_layers_in_one_forward_per_batch(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from collections import Counter
-
+        tmp_path: Path, forwards: Counter[tuple[str, ...]]) -> None:
     from saeops.api import SAETrainingRun, load_resource
-    from saeops.runtime.data.stream import ActivationStream
     from saeops.runtime.train.job import TrainingJob
 
-    seen: Counter[tuple[str, ...]] = Counter()
-    original = ActivationStream._rows
-
-    def counted(self: ActivationStream, *args: Any, **kwargs: Any) -> Any:
-        seen[tuple(self.hook_points)] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ActivationStream, "_rows", counted)
+    seen = forwards
     run = load_resource(str(Path(__file__).resolve().parents[2] / "examples" / "per-layer.yaml"))
     assert isinstance(run, SAETrainingRun)
     doc = run.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from saeops.api import SAETrainingRun, SpecError, parse_resource
 from saeops.api.groups import expand_run, stream_key
-from saeops.runtime.data.stream import ActivationStream
 from saeops.runtime.storage import StorageError
 from saeops.runtime.train.group import GroupFailed, GroupJob
 from saeops.runtime.train.job import TrainingJob
@@ -55,20 +54,6 @@ def assert_same(a: Path, b: Path) -> None:
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key  # bitwise
     assert ma == mb
-
-
-@pytest.fixture
-def forwards(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, ...]]:
-    """Model forwards of the live stream, by the hook points they read."""
-    seen: Counter[tuple[str, ...]] = Counter()
-    original = ActivationStream._rows
-
-    def counted(self: ActivationStream, *args: Any, **kwargs: Any) -> Any:
-        seen[tuple(self.hook_points)] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ActivationStream, "_rows", counted)
-    return seen
 
 
 def test_a_group_trains_each_member_bitwise_as_alone_from_one_forward_per_batch(

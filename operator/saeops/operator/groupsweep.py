@@ -81,7 +81,8 @@ def plan_new_trials(sweep: Obj, model: SAESweep, missing: Sequence[int], free: i
     labelled with it. A group of one is an ordinary trial with its own Job."""
     if free <= 0 or not missing:
         return []
-    rendered = {i: render_trial(sweep, model, i) for i in missing[:max(free, CANDIDATES)]}
+    packs = model.spec.grouping.enabled and model.spec.grouping.max_trials > 1
+    rendered = {i: render_trial(sweep, model, i) for i in missing[:max(free, CANDIDATES) if packs else free]}
     models = {i: _trial_model(trial) for i, trial in rendered.items()}
     valid = [(i, run.spec) for i, run in models.items() if run is not None]
     groups = plan_groups(valid, model.spec.grouping, free) if valid else []

@@ -15,7 +15,7 @@ from typing import Any
 from saeops.api import k8s, names
 from saeops.operator import jobs
 from saeops.operator.grouprender import group_of, group_selector, sweep_uid_of
-from saeops.operator.groupsweep import child_names
+from saeops.operator.groupsweep import KINDS, child_names
 from saeops.operator.kube import Kube, path_for
 from saeops.operator.policy import ClusterPolicy
 from saeops.operator.progress import parse_prometheus
@@ -88,10 +88,7 @@ async def observe_run(kube: Kube, res: Obj, policy: ClusterPolicy | None = None,
         # Only the Job's own pods: a pod that merely wears the run's labels reports nothing.
         listed = await kube.list(path_for("v1", "Pod", ns), selector_labels(kind, name))
         pods = [p for p in listed if names.owned_by(p, job_uid)]
-    cache = None
-    ref = ((res.get("spec") or {}).get("activations") or {}).get("cacheRef")
-    if kind == "SAETrainingRun" and isinstance(ref, str) and ref:
-        cache = await kube.get(path_for(names.API, "ActivationCache", ns, ref))
+    cache = await _cache(kube, res) if kind == "SAETrainingRun" else None
     metrics = None
     terminal = (res.get("status") or {}).get("phase") in ("Succeeded", "Failed")
     if pods and not terminal:
@@ -142,10 +139,9 @@ async def observe_sweep(kube: Kube, res: Obj, policy: ClusterPolicy | None = Non
     groups = {g for t in trials if (g := group_of(t))}
     groups |= {g for j in owned_jobs if names.owned_by(j, uid)
                and isinstance(g := ((j.get("metadata") or {}).get("labels") or {}).get(names.LABEL_GROUP), str) and g}
-    versions = {"ConfigMap": "v1", "Service": "v1", "NetworkPolicy": "networking.k8s.io/v1", "Job": "batch/v1"}
     wanted = [(kind, child) for g in sorted(groups) for kind, child in child_names(g).items()
               if kind != "NetworkPolicy" or policy.network_policy]
-    found = await asyncio.gather(*(kube.get(path_for(versions[k], k, ns, n)) for k, n in wanted))
+    found = await asyncio.gather(*(kube.get(path_for(KINDS[k], k, ns, n)) for k, n in wanted))
     children = tuple({"kind": k, **obj} for (k, _), obj in zip(wanted, found, strict=True) if obj is not None)
     refs = sorted({r for t in trials if isinstance(r := ((t.get("spec") or {}).get("activations") or {}).get("cacheRef"), str) and r})
     caches = await asyncio.gather(*(kube.get(path_for(names.API, "ActivationCache", ns, r)) for r in refs))

@@ -161,7 +161,7 @@ class ActivationStream:
         if self.shuffle:
             # Resuming a shuffled stream replays it: the buffer's content at the resume point
             # depends on every earlier forward. Correct by construction; costs the skipped work.
-            return islice(self._shuffled(self.row_chunks()), self.skip_batches, self.total_batches)
+            return islice(self._shuffled(self.row_chunks()), self.skip_batches, None)  # it stops at total_batches
         ordered = self._ordered(self.row_chunks(skip_rows=self.skip_batches * self.batch_size))
         if self.total_batches is None:
             return ordered
